@@ -1,0 +1,51 @@
+"""Attention: what every variant module offers the model (training forward, decode step, cache)."""
+from __future__ import annotations
+
+import abc
+
+import torch
+from torch import nn
+
+from .cache import DecodeCache
+from .spec import AttentionSpec
+
+
+class Attention(nn.Module, abc.ABC):
+    cache_type: type[DecodeCache]
+
+    def __init__(self, spec: AttentionSpec):
+        super().__init__()
+        self.spec = spec
+        d, H, dh = spec.d_model, spec.n_heads, spec.head_dim
+        self.H, self.dh = H, dh
+        for name, shape in spec.param_shapes().items():
+            self.register_parameter(name, nn.Parameter(torch.empty(shape)))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Input projections ~ N(0, 1/fan_in); per-head up-projections ~ N(0, 1/r_or_dc)."""
+        with torch.no_grad():
+            for name, p in self.named_parameters(recurse=False):
+                fan_in = p.shape[-1] if p.dim() == 2 else p.shape[-2]
+                p.normal_(0.0, max(fan_in, 1) ** -0.5)
+
+    @abc.abstractmethod
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Causal attention over x (B, T, d_model) at positions 0..T-1."""
+
+    @abc.abstractmethod
+    def decode(self, x: torch.Tensor, cache: DecodeCache) -> torch.Tensor:
+        """One new token per sequence, x (B, d_model), at position cache.lengths; appends to the cache."""
+
+    @abc.abstractmethod
+    def bilinear_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-head query and key maps (H, dh, d_model) whose product W_Q,hᵀ W_K,h is head h's logit form
+        (the linear part: norms and RoPE aside). Used for the gauge-invariant head-diversity analysis."""
+
+    def allocate_cache(self, batch: int, max_len: int, dtype=None, device=None, fill=None) -> DecodeCache:
+        ref = self.o
+        return self.cache_type.allocate(self.spec, batch, max_len, dtype or ref.dtype, device or ref.device, fill)
+
+    def project_out(self, heads: torch.Tensor) -> torch.Tensor:
+        """(..., H, dh) head outputs -> (..., d_model)."""
+        return heads.flatten(-2) @ self.o.t()

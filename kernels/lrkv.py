@@ -1,0 +1,98 @@
+"""LRKV: one shared full-rank K/V projection plus a rank-r residual per head, W_h = W_shared + U_h B_hᵀ.
+
+k_h = RMSNorm(x W_shared,k + (x U_k,h) B_k,hᵀ), then RoPE; v_h the same without norm and RoPE.
+The cache keeps K_shared, V_shared (T × d_h) and the latents R_k = x U_k, R_v = x U_v (T × H × r):
+2·(d_h + H·r) numbers per token. r = 0 is MQA; r = d_h can express MHA exactly.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import Attention
+from .cache import DecodeCache, masked_softmax
+from .ops import rms_norm, rope
+from .spec import AttentionSpec
+
+RESIDUAL_SCALE = 0.1  # ‖U_h B_hᵀ‖_F at init, relative to ‖W_shared‖_F (the paper's recipe)
+
+
+def reconstruct(shared: torch.Tensor, latent: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """Per-head rows shared (B, T, dh) + latent (B, T, H, r) @ up (H, r, dh) -> (B, T, H, dh)."""
+    return shared[:, :, None, :] + torch.einsum("bthr,hrd->bthd", latent, up)
+
+
+class LRKVCache(DecodeCache):
+    """The compressed cache; per-head keys and values are rebuilt only inside `attend`."""
+
+    @staticmethod
+    def row_shapes(spec: AttentionSpec) -> dict[str, tuple[int, ...]]:
+        H, r, dh = spec.n_heads, spec.rank, spec.head_dim
+        return {"k_shared": (dh,), "v_shared": (dh,), "r_k": (H, r), "r_v": (H, r)}
+
+    def attend(self, q: torch.Tensor, k_up: torch.Tensor, v_up: torch.Tensor) -> torch.Tensor:
+        """Reference attention of q (B, H, dh), already normalised and rotated, over the cache.
+
+        Keys are rebuilt (R_k B_kᵀ + K_shared, norm, RoPE) as the model builds them; values use
+        associativity, out_h = p·V_shared + (p·R_v,h) B_v,hᵀ, so per-head V is never formed.
+        """
+        mask, rows = self.valid()
+        k = reconstruct(rows["k_shared"], rows["r_k"], k_up)
+        if self.spec.qk_norm:
+            k = rms_norm(k)
+        k = rope(k, torch.arange(k.size(1), device=k.device), self.spec.rope_theta)
+        logits = torch.einsum("bhd,bthd->bht", q, k) * q.size(-1) ** -0.5
+        p = masked_softmax(logits, mask)
+        shared = torch.einsum("bht,btd->bhd", p, rows["v_shared"])
+        latent = torch.einsum("bht,bthr->bhr", p, rows["r_v"])
+        return shared + torch.einsum("bhr,hrd->bhd", latent, v_up)
+
+
+class LowRankKVAttention(Attention):
+    cache_type = LRKVCache
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if self.spec.rank == 0:
+            return
+        with torch.no_grad():  # each head's residual U_h B_hᵀ starts at 0.1·‖W_shared‖_F
+            for shared, down, up in (("k_shared", "k_down", "k_up"), ("v_shared", "v_down", "v_up")):
+                W, U, B = getattr(self, shared), getattr(self, down), getattr(self, up)
+                U_h = U.view(self.H, self.spec.rank, -1)
+                for h in range(self.H):
+                    norm = torch.linalg.matrix_norm(U_h[h].t() @ B[h])
+                    scale = (RESIDUAL_SCALE * torch.linalg.matrix_norm(W) / norm).sqrt()
+                    U_h[h].mul_(scale)
+                    B[h].mul_(scale)
+
+    def _project(self, x: torch.Tensor):
+        """x (B, T, d) -> q (B, T, H, dh) and the cached rows."""
+        H, r = self.H, self.spec.rank
+        q = (x @ self.q.t()).unflatten(-1, (H, self.dh))
+        rows = {"k_shared": x @ self.k_shared.t(), "v_shared": x @ self.v_shared.t(),
+                "r_k": (x @ self.k_down.t()).unflatten(-1, (H, r)),
+                "r_v": (x @ self.v_down.t()).unflatten(-1, (H, r))}
+        return (rms_norm(q) if self.spec.qk_norm else q), rows
+
+    def bilinear_factors(self):
+        U = self.k_down.view(self.H, self.spec.rank, -1)
+        w_k = self.k_shared + torch.einsum("hrd,hrm->hdm", self.k_up, U)  # W_shared + B_hᵀ U_h
+        return self.q.view(self.H, self.dh, -1), w_k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.spec
+        positions = torch.arange(x.size(1), device=x.device)
+        q, rows = self._project(x)
+        k = reconstruct(rows["k_shared"], rows["r_k"], self.k_up)
+        v = reconstruct(rows["v_shared"], rows["r_v"], self.v_up)
+        if s.qk_norm:
+            k = rms_norm(k)
+        q, k = rope(q, positions, s.rope_theta), rope(k, positions, s.rope_theta)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+        return self.project_out(out.transpose(1, 2))
+
+    def decode(self, x: torch.Tensor, cache: LRKVCache) -> torch.Tensor:
+        q, rows = self._project(x[:, None])
+        q = rope(q, cache.lengths[:, None], self.spec.rope_theta)
+        cache.append(**{name: row[:, 0] for name, row in rows.items()})
+        return self.project_out(cache.attend(q[:, 0], self.k_up, self.v_up))

@@ -1,0 +1,25 @@
+"""Small shared maths: parameter-free RMSNorm and rotary position embedding (half-split layout)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-6
+
+
+def rms_norm(x: torch.Tensor) -> torch.Tensor:
+    return F.rms_norm(x, (x.size(-1),), eps=EPS)
+
+
+def rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
+    """Rotate x (B, T, heads, D) by its positions: (T,) shared by the batch, or (B, T) per sequence."""
+    half = x.size(-1) // 2
+    # fp64 stays fp64 so references are exact; everything else rotates in fp32.
+    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    inv_freq = theta ** (-torch.arange(0, half, device=x.device, dtype=work) / half)
+    angles = positions.to(work)[..., None] * inv_freq  # (T, half) or (B, T, half)
+    if angles.dim() == 2:
+        angles = angles[None]
+    cos, sin = angles.cos()[:, :, None, :], angles.sin()[:, :, None, :]
+    x1, x2 = x[..., :half].to(work), x[..., half:].to(work)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).to(x.dtype)
