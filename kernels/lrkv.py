@@ -75,7 +75,7 @@ class LowRankKVAttention(Attention):
         return (rms_norm(q) if self.spec.qk_norm else q), rows
 
     def bilinear_factors(self):
-        U = self.k_down.view(self.H, self.spec.rank, -1)
+        U = self.k_down.view(self.H, self.spec.rank, self.spec.d_model)
         w_k = self.k_shared + torch.einsum("hrd,hrm->hdm", self.k_up, U)  # W_shared + B_hᵀ U_h
         return self.q.view(self.H, self.dh, -1), w_k
 

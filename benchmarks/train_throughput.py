@@ -1,0 +1,92 @@
+"""Training throughput of LRKV against MHA on one GPU, through the trial code itself.
+
+Each configuration runs `lrkv.workers.train.train` (bf16 autocast, torch.compile, AdamW) on the
+embedded corpus; tokens/s leaves out the first steps (compilation). All rows come from one process
+on one card, so the ratios compare like with like.
+
+    python benchmarks/train_throughput.py --sizes 768x12x6 --kinds mha lrkv64 --steps 40
+
+Writes benchmarks/results/train_throughput-<card>.json and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import time
+from pathlib import Path
+
+import torch
+
+from lrkv.workers.config import TrialConfig
+from lrkv.workers.train import train
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def attention_for(kind: str, d_model: int, n_heads: int) -> dict:
+    """'mha', 'mqa', 'gqa4', 'mla', 'lrkv64' -> an attention mapping."""
+    name, number = re.fullmatch(r"([a-z]+)(\d*)", kind).groups()
+    attention = {"kind": name, "d_model": d_model, "n_heads": n_heads}
+    if name == "lrkv":
+        attention["rank"] = int(number)
+    elif name == "gqa":
+        attention["n_kv_heads"] = int(number)
+    return attention
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", default=["768x12x6"], help="d_model x n_layers x n_heads")
+    parser.add_argument("--kinds", nargs="+", default=["mha", "lrkv64"])
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=2048)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--optimizer", default="adamw")
+    args = parser.parse_args()
+
+    rows = []
+    for size in args.sizes:
+        d_model, n_layers, n_heads = map(int, size.split("x"))
+        for kind in args.kinds:
+            trial = TrialConfig.from_dict({
+                "model": {"n_layers": n_layers, "attention": attention_for(kind, d_model, n_heads)},
+                "data": {"source": "stdlib", "seq_len": args.seq_len},
+                "train": {"tokens": args.steps * args.batch_size * args.seq_len, "batch_size": args.batch_size,
+                          "optimizer": args.optimizer, "eval_every": args.steps, "eval_blocks": 16},
+            })
+            record = train(trial)
+            rows.append({"size": size, "kind": kind, **{k: record[k] for k in (
+                "tokens_per_s", "mfu", "peak_memory_bytes", "flops_per_token", "params",
+                "kv_cache_bytes_per_token", "val_bpb", "steps", "device")}})
+            print(f"{size:>10} {kind:>8} {record['tokens_per_s']:>12,.0f} tok/s  mfu {record['mfu'] or 0:.3f}", flush=True)
+
+    base = {r["size"]: r["tokens_per_s"] for r in rows if r["kind"] == args.kinds[0]}
+    for r in rows:
+        r["ratio_vs_" + args.kinds[0]] = r["tokens_per_s"] / base[r["size"]] if r["size"] in base else None
+    card = rows[0]["device"] if rows else "none"
+    env = {"card": card, "torch": torch.__version__, "python": platform.python_version(),
+           "triton": _version("triton"), "date": time.strftime("%Y-%m-%d"), "args": vars(args)}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"train_throughput-{re.sub(r'[^A-Za-z0-9]+', '_', card)}.json"
+    out.write_text(json.dumps({"env": env, "rows": rows}, indent=1) + "\n")
+
+    print(f"\n{card} · torch {env['torch']} · batch {args.batch_size}×{args.seq_len} · bf16 · compiled · {args.optimizer}")
+    print(f"{'size':>10} {'kind':>8} {'tokens/s':>12} {'vs ' + args.kinds[0]:>8} {'MFU':>6} {'peak GiB':>9} {'KV B/tok':>9}")
+    for r in rows:
+        ratio = r["ratio_vs_" + args.kinds[0]]
+        print(f"{r['size']:>10} {r['kind']:>8} {r['tokens_per_s']:>12,.0f} {ratio:>8.3f} {r['mfu'] or 0:>6.3f} "
+              f"{r['peak_memory_bytes'] / 2**30:>9.2f} {r['kv_cache_bytes_per_token']:>9,}")
+    print(f"written: {out}")
+
+
+def _version(name: str) -> str | None:
+    try:
+        return __import__(name).__version__
+    except ImportError:
+        return None
+
+
+if __name__ == "__main__":
+    main()

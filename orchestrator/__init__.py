@@ -1,0 +1,2 @@
+"""lrkv.orchestrator: the service side — the `lrkv` command line (and, with the sweep service, specs,
+studies and scheduling)."""

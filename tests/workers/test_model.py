@@ -1,0 +1,59 @@
+"""The GPT's accounting equals what its real tensors hold and what torch counts."""
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from lrkv.kernels import AttentionSpec
+from lrkv.workers.diversity import effective_rank, head_diversity
+from lrkv.workers.model import GPT, ModelConfig
+
+SPECS = [AttentionSpec("mha", 64, 4), AttentionSpec("gqa", 64, 4, n_kv_heads=2), AttentionSpec("mqa", 64, 4),
+         AttentionSpec("mla", 64, 4), AttentionSpec("lrkv", 64, 4, rank=8)]
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.label)
+def test_params_and_training_flops(spec):
+    cfg = ModelConfig(spec, n_layers=2)
+    model = GPT(cfg, vocab_size=97)
+    assert sum(p.numel() for p in model.parameters()) == cfg.params(97)
+    B, T = 2, 32
+    idx = torch.randint(97, (B, T + 1))
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(idx[:, :-1], idx[:, 1:]).backward()
+    assert counter.get_total_flops() == pytest.approx(cfg.train_flops_per_token(97, T) * B * T, rel=0.01)
+
+
+def test_model_cache_bytes_are_layers_times_layer():
+    spec = AttentionSpec("lrkv", 64, 4, rank=8)
+    cfg = ModelConfig(spec, n_layers=3)
+    model = GPT(cfg, 50)
+    caches = [layer.allocate_cache(2, 10, dtype=torch.bfloat16) for layer in model.attention_layers()]
+    assert sum(c.nbytes for c in caches) == cfg.kv_cache_bytes_per_token() * 2 * 10
+
+
+def test_effective_rank_extremes():
+    torch.manual_seed(0)
+    w = torch.randn(1, 8, 32)
+    same = effective_rank(w.expand(6, -1, -1), w.expand(6, -1, -1))
+    assert same == pytest.approx(0.0, abs=1e-6)  # identical heads: no spread at all
+    # Heads in orthogonal subspaces with equal norms spread evenly: the maximum H − 1.
+    basis = torch.eye(48).view(6, 8, 48)
+    assert effective_rank(basis, basis) == pytest.approx(5.0, rel=1e-6)
+
+
+def test_effective_rank_is_gauge_invariant():
+    torch.manual_seed(0)
+    w_q, w_k = torch.randn(4, 8, 32, dtype=torch.float64), torch.randn(4, 8, 32, dtype=torch.float64)
+    rot = torch.linalg.qr(torch.randn(4, 8, 8, dtype=torch.float64)).Q  # a different rotation per head
+    rotated = effective_rank(rot @ w_q, rot @ w_k)
+    assert rotated == pytest.approx(effective_rank(w_q, w_k), rel=1e-9)
+
+
+def test_head_diversity_of_mqa_rank0_and_lrkv():
+    """Same queries, one shared key map (r = 0) versus per-head keys: LRKV's forms are no less diverse."""
+    torch.manual_seed(0)
+    mqa = GPT(ModelConfig(AttentionSpec("lrkv", 64, 4, rank=0), 1), 10).attention_layers()
+    lrkv = GPT(ModelConfig(AttentionSpec("lrkv", 64, 4, rank=16), 1), 10).attention_layers()
+    d_mqa, d_lrkv = head_diversity(mqa), head_diversity(lrkv)
+    assert 0 < d_mqa["head_eff_rank_frac"] <= 1 and 0 < d_lrkv["head_eff_rank_frac"] <= 1

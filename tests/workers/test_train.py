@@ -1,0 +1,68 @@
+"""One real trial on the CPU: the record, reporting and stopping, divergence, and a golden loss curve."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from lrkv.workers.train import TrialDiverged, train
+
+from .conftest import tiny_trial
+
+GOLDEN = Path(__file__).parent / "golden" / "tiny_lrkv_curve.json"
+RECORD_KEYS = {"val_bpb", "train_loss", "tokens", "wall_seconds", "tokens_per_s", "mfu", "peak_memory_bytes",
+               "kv_cache_bytes_per_token", "flops_per_token", "params", "head_eff_rank", "head_eff_rank_frac"}
+
+
+def test_record_and_reports(trial):
+    reports = []
+    record = train(trial, report=lambda step, m: reports.append((step, m)))
+    assert RECORD_KEYS <= set(record)
+    assert [s for s, _ in reports] == [4, 8, 12]
+    assert record["steps"] == 12 and record["tokens"] == 12 * 8 * 64
+    assert record["val_bpb"] == reports[-1][1]["val_bpb"]
+    assert 0 < record["val_bpb"] < 8  # a byte model starts near log2(256) = 8 bits per byte
+    assert reports[-1][1]["val_bpb"] < reports[0][1]["val_bpb"]  # it learns
+    assert record["mfu"] is None  # no MFU on the CPU rather than a guess
+    assert record["kv_cache_bytes_per_token"] == trial.model.kv_cache_bytes_per_token()
+    assert record["flops_per_token"] == trial.model.train_flops_per_token(256, 64)
+    json.dumps(record)  # the record is plain JSON
+
+
+def test_report_can_stop_a_trial(trial):
+    record = train(trial, report=lambda step, m: step >= 8)
+    assert record["stopped_early"] and record["steps"] == 8
+
+
+def test_nan_loss_raises_diverged(tmp_path):
+    with pytest.raises(TrialDiverged, match="loss became"):
+        train(tiny_trial(tmp_path, lr=1e30, warmup_frac=0.0, grad_clip=1e30))
+
+
+@pytest.mark.parametrize("kind", ["mha", "gqa", "mqa", "mla"])
+def test_baselines_train(tmp_path, kind):
+    record = train(tiny_trial(tmp_path, kind=kind, tokens=64 * 8 * 4))
+    assert math.isfinite(record["val_bpb"])
+
+
+def test_muon_trains(tmp_path):
+    record = train(tiny_trial(tmp_path, optimizer="muon", tokens=64 * 8 * 8))
+    assert math.isfinite(record["val_bpb"]) and record["val_bpb"] < 8
+
+
+def test_golden_curve(trial):
+    """A fixed-seed CPU trial must reproduce its recorded validation curve. A change here means the
+    model, data or optimiser maths changed: regenerate the file only when that change is intended
+    (python -m tests.workers.test_train)."""
+    curve = [p["val_bpb"] for p in train(trial)["curve"]]
+    golden = json.loads(GOLDEN.read_text())
+    assert curve == pytest.approx(golden["val_bpb"], rel=golden["rtol"])
+
+
+if __name__ == "__main__":
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        curve = [p["val_bpb"] for p in train(tiny_trial(Path(tmp)))["curve"]]
+    GOLDEN.parent.mkdir(exist_ok=True)
+    GOLDEN.write_text(json.dumps({"rtol": 2e-4, "val_bpb": curve}, indent=1) + "\n")
+    print(curve)

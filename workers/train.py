@@ -1,0 +1,203 @@
+"""One trial: train a small GPT with the configured attention on real text and measure it.
+
+`train(config, report)` is the whole contract with the orchestrator: it calls `report(step, metrics)`
+after each validation and stops early when `report` returns True; it returns one metrics record.
+A NaN or infinite loss raises TrialDiverged, so a sweep records the trial as failed with its reason.
+"""
+from __future__ import annotations
+
+import math
+import resource
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+
+import torch
+
+from .config import TrialConfig
+from .data import PackedData, load_blocks
+from .diversity import head_diversity
+from .model import GPT
+
+Report = Callable[[int, dict], "bool | None"]
+
+# Dense bf16 tensor-core peaks (FLOP/s) for MFU; unknown cards report no MFU rather than a guess.
+WARMUP_STEPS = 3  # left out of tokens/s
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
+
+
+class TrialDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        from lrkv.kernels import ConfigError
+        raise ConfigError("train.device", "a machine with CUDA for 'cuda'", choice)
+    return torch.device(choice)
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16.items() if k in name), None)
+
+
+def lr_at(step: int, steps: int, cfg) -> float:
+    """Linear warmup, then cosine decay to min_lr_frac of the peak (a multiplier)."""
+    warmup = max(1, int(cfg.warmup_frac * steps))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizers(model: GPT, cfg) -> list[torch.optim.Optimizer]:
+    if cfg.optimizer == "adamw":
+        return [torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))]
+    # Muon (as the paper trains): 2-D matrices inside the blocks; embedding, head and per-head 3-D tensors use AdamW.
+    matrices = [p for p in model.blocks.parameters() if p.dim() == 2 and p.numel()]
+    ids = {id(p) for p in matrices}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    return [torch.optim.Muon(matrices, lr=cfg.matrix_lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw"),
+            torch.optim.AdamW(rest, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))]
+
+
+@torch.no_grad()
+def evaluate(model, data: PackedData, n_blocks: int, batch_size: int, device, autocast) -> float:
+    """Validation bits per byte over the first n_blocks validation blocks (the same blocks every time)."""
+    model.eval()
+    blocks = data.val[:n_blocks]
+    total = 0.0
+    for i in range(0, len(blocks), batch_size):
+        chunk = blocks[i:i + batch_size].to(device)
+        with autocast:
+            total += float(model(chunk[:, :-1], chunk[:, 1:])) * len(chunk)
+    model.train()
+    nats_per_token = total / len(blocks)
+    return nats_per_token / math.log(2) / data.bytes_per_token
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB
+
+
+def train(config: TrialConfig, report: Report | None = None, progress: bool = False) -> dict:
+    """Run one trial; returns its metrics record (see module docstring)."""
+    t_start = time.perf_counter()
+    cfg = config.train
+    device = resolve_device(cfg.device)
+    torch.manual_seed(config.seed)
+    data = load_blocks(config.data)
+    seq_len = config.data.seq_len
+    model = GPT(config.model, data.vocab_size).to(device)
+    use_compile = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
+    step_model = torch.compile(model) if use_compile else model
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    optimizers = make_optimizers(model, cfg)
+    base_lrs = [[g["lr"] for g in opt.param_groups] for opt in optimizers]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    tokens_per_step = cfg.batch_size * seq_len
+    steps = max(1, cfg.tokens // tokens_per_step)
+    sampler = torch.Generator().manual_seed(config.seed)
+    curve: list[dict] = []
+    train_loss = float("nan")
+    train_seconds = timed_seconds = 0.0
+    warmup = min(WARMUP_STEPS, steps - 1)  # always leaves at least the last step timed
+    stopped_early = False
+    step = 0
+
+    bar = TrainProgress(steps) if progress else None
+    with bar or nullcontext():
+        for step in range(1, steps + 1):
+            t0 = time.perf_counter()
+            idx = torch.randint(len(data.train), (cfg.batch_size,), generator=sampler)
+            batch = data.train[idx].to(device, non_blocking=True)
+            for opt, lrs in zip(optimizers, base_lrs):
+                for group, lr in zip(opt.param_groups, lrs):
+                    group["lr"] = lr * lr_at(step - 1, steps, cfg)
+            with autocast:
+                loss = step_model(batch[:, :-1], batch[:, 1:])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            for opt in optimizers:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            train_loss = float(loss.detach())  # syncs, so the step time below is real
+            seconds = time.perf_counter() - t0
+            train_seconds += seconds
+            if step > warmup:  # the first steps pay for compilation and autotuning
+                timed_seconds += seconds
+            if not math.isfinite(train_loss):
+                raise TrialDiverged(f"training loss became {train_loss} at step {step}")
+            if bar is not None:
+                bar.update(step, train_loss, step * tokens_per_step / train_seconds)
+            if step % cfg.eval_every == 0 or step == steps:
+                val_bpb = evaluate(step_model, data, cfg.eval_blocks, cfg.batch_size, device, autocast)
+                point = {"step": step, "tokens": step * tokens_per_step, "train_loss": train_loss, "val_bpb": val_bpb}
+                curve.append(point)
+                if bar is not None:
+                    bar.note(val_bpb)
+                if report is not None and report(step, dict(point)) and step < steps:
+                    stopped_early = True
+                    break
+
+    tokens = step * tokens_per_step
+    timed_steps = step - warmup  # none when a report stopped the trial inside the warmup
+    tokens_per_s = timed_steps * tokens_per_step / timed_seconds if timed_steps > 0 else tokens / train_seconds
+    flops_per_token = config.model.train_flops_per_token(data.vocab_size, seq_len)
+    peak = peak_flops(device)
+    return {
+        "val_bpb": curve[-1]["val_bpb"],
+        "train_loss": train_loss,
+        "steps": step,
+        "tokens": tokens,
+        "stopped_early": stopped_early,
+        "wall_seconds": time.perf_counter() - t_start,
+        "train_seconds": train_seconds,
+        "tokens_per_s": tokens_per_s,
+        "mfu": flops_per_token * tokens_per_s / peak if peak else None,
+        "peak_memory_bytes": peak_memory_bytes(device),
+        "kv_cache_bytes_per_token": config.model.kv_cache_bytes_per_token(torch.bfloat16),
+        "kv_cache_ratio_vs_mha": config.model.attention.cache_ratio_vs_mha(),
+        "flops_per_token": flops_per_token,
+        "params": config.model.params(data.vocab_size),
+        **head_diversity(model.attention_layers()),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "data": data.description,
+        "curve": curve,
+    }
+
+
+class TrainProgress:
+    """Rich progress line for a trial run from the terminal: steps, tokens/s, loss, last val bpb."""
+
+    def __init__(self, steps: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), transient=False)
+        self.task = self.progress.add_task("train", total=steps, stats="")
+        self.val = "—"
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def update(self, step: int, loss: float, tok_s: float) -> None:
+        stats = f"loss {loss:.3f} · {tok_s:,.0f} tok/s · val bpb {self.val}"
+        self.progress.update(self.task, completed=step, stats=stats)
+
+    def note(self, val_bpb: float) -> None:
+        self.val = f"{val_bpb:.3f}"
