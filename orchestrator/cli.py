@@ -1,6 +1,7 @@
 """`lrkv`: the command line. Bad input exits with code 2 and one line naming the field and what was expected."""
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import os
@@ -91,6 +92,137 @@ def cache(
     console.print(table)
 
 
+sweep_app = typer.Typer(help="Run and manage rank sweeps.", no_args_is_help=True)
+app.add_typer(sweep_app, name="sweep")
+StorageOpt = typer.Option(None, "--storage", help="Optuna storage: SQLAlchemy URL or journal file [env LRKV_STORAGE].")
+TrackingOpt = typer.Option(None, "--tracking-uri", help="MLflow tracking URI [env LRKV_TRACKING_URI].")
+WorkspaceOpt = typer.Option(None, "--workspace", help="Folder of the embedded stores [env LRKV_WORKSPACE; ./lrkv-runs].")
+AddressOpt = typer.Option(None, "--address", help="Ray cluster address [env RAY_ADDRESS]; default: a local Ray.")
+
+
+def _stores(workspace, storage, tracking_uri, spec=None):
+    from lrkv.orchestrator.stores import Stores
+    return Stores.resolve(workspace, storage, tracking_uri, spec.storage if spec else None)
+
+
+def _drive(driver) -> None:
+    from lrkv.orchestrator.view import SweepView, front_tables
+    with SweepView(console) as view:
+        driver.view = view
+        study = driver.run()
+    for table in front_tables(study):
+        console.print(table)
+    console.print(f"MLflow: [bold]lrkv ui[/] (or mlflow ui --backend-store-uri {driver.stores.tracking_uri}) → "
+                  f"experiment [bold]{study.study_name}[/], parent run {study.user_attrs['mlflow_parent_run_id']}")
+
+
+@sweep_app.command("run")
+@user_errors
+def sweep_run(spec_file: Path = typer.Argument(..., help="Sweep spec (YAML)."), workspace: Path | None = WorkspaceOpt,
+              storage: str | None = StorageOpt, tracking_uri: str | None = TrackingOpt, address: str | None = AddressOpt):
+    """Run a sweep to its end here (local Ray unless --address), with a live view."""
+    from lrkv.orchestrator.driver import SweepDriver
+    from lrkv.orchestrator.spec import load_spec
+    spec = load_spec(spec_file)
+    stores = _stores(workspace, storage, tracking_uri, spec)
+    _drive(SweepDriver.create(spec, stores, address=address or os.environ.get("RAY_ADDRESS")))
+
+
+@sweep_app.command("resume")
+@user_errors
+def sweep_resume(name: str, workspace: Path | None = WorkspaceOpt, storage: str | None = StorageOpt,
+                 tracking_uri: str | None = TrackingOpt, address: str | None = AddressOpt):
+    """Continue a sweep from its study: finished trials stay, interrupted ones run again."""
+    from lrkv.orchestrator.driver import SweepDriver
+    _drive(SweepDriver.resume(name, _stores(workspace, storage, tracking_uri),
+                              address=address or os.environ.get("RAY_ADDRESS")))
+
+
+@sweep_app.command("status")
+@user_errors
+def sweep_status(name: str | None = typer.Argument(None), workspace: Path | None = WorkspaceOpt,
+                 storage: str | None = StorageOpt, as_json: bool = typer.Option(False, "--json")):
+    """Trial counts and the current front of one sweep (or of all, without a name)."""
+    from lrkv.orchestrator.driver import open_study
+    from lrkv.orchestrator.view import counts_line, front_tables, trial_counts
+    stores = _stores(workspace, storage, None)
+    names = [name] if name else _study_names(stores)
+    report = {}
+    for n in names:
+        study = open_study(stores, n)
+        budget = study.user_attrs["spec"]["budget"]["trials"]
+        report[n] = {"counts": dict(trial_counts(study)), "budget": budget,
+                     "driver": study.user_attrs.get("driver"), "cancel_requested": study.user_attrs.get("cancel_requested")}
+        if not as_json:
+            console.print(counts_line(study, budget))
+            for table in front_tables(study):
+                console.print(table)
+    if as_json:
+        typer.echo(json.dumps(report))
+
+
+@sweep_app.command("list")
+@user_errors
+def sweep_list(workspace: Path | None = WorkspaceOpt, storage: str | None = StorageOpt):
+    """Every sweep in the storage."""
+    from lrkv.orchestrator.driver import open_study
+    from lrkv.orchestrator.view import trial_counts
+    stores = _stores(workspace, storage, None)
+    table = Table("sweep", "trials done", "budget", "running", "driver")
+    for n in _study_names(stores):
+        study = open_study(stores, n)
+        c = trial_counts(study)
+        driver = study.user_attrs.get("driver")
+        table.add_row(n, str(c["complete"] + c["pruned"] + c["fail"]), str(study.user_attrs["spec"]["budget"]["trials"]),
+                      str(c["running"]), f"pid {driver['pid']} on {driver['host']}" if driver else "—")
+    console.print(table)
+
+
+@sweep_app.command("cancel")
+@user_errors
+def sweep_cancel(name: str, workspace: Path | None = WorkspaceOpt, storage: str | None = StorageOpt):
+    """Ask the sweep's driver to stop: running trials are cancelled and recorded, nothing else starts."""
+    from lrkv.orchestrator.driver import open_study
+    study = open_study(_stores(workspace, storage, None), name)
+    study.set_user_attr("cancel_requested", time.time())
+    console.print(f"cancel requested for {name}")
+
+
+@app.command()
+@user_errors
+def pareto(name: str, workspace: Path | None = WorkspaceOpt, storage: str | None = StorageOpt,
+           as_json: bool = typer.Option(False, "--json")):
+    """The current Pareto front of a sweep, per model size."""
+    from lrkv.dashboards.report import front_table
+    from lrkv.orchestrator.driver import open_study
+    from lrkv.orchestrator.view import front_tables
+    study = open_study(_stores(workspace, storage, None), name)
+    if as_json:
+        typer.echo(json.dumps(front_table(study), default=str))
+        return
+    for table in front_tables(study):
+        console.print(table)
+
+
+@app.command()
+@user_errors
+def ui(workspace: Path | None = WorkspaceOpt, tracking_uri: str | None = TrackingOpt,
+       host: str = typer.Option("127.0.0.1", help="Interface to bind (local only by default)."),
+       port: int = typer.Option(5000)):
+    """Start the MLflow UI on the workspace's store."""
+    import subprocess
+    stores = _stores(workspace, None, tracking_uri)
+    console.print(f"MLflow UI on http://{host}:{port} ← {stores.tracking_uri}")
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    raise typer.Exit(subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", stores.tracking_uri,
+                                      "--host", host, "--port", str(port), "--workers", "1"], env=env))
+
+
+def _study_names(stores) -> list[str]:
+    import optuna
+    return sorted(s.study_name for s in optuna.get_all_study_summaries(stores.optuna_storage()))
+
+
 def _human(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
@@ -107,9 +239,9 @@ TRAIN_FLAGS = {
     "seq_len": ("data", "seq_len"), "tokens": ("train", "tokens"), "batch_size": ("train", "batch_size"),
     "optimizer": ("train", "optimizer"), "lr": ("train", "lr"), "device": ("train", "device"), "seed": ("", "seed"),
 }
-# The trial `lrkv train` runs with no config: a small LRKV at r = d_h/2 that trains on 2 CPU cores in ~2 minutes.
+# The trial `lrkv train` runs with no config: a small LRKV at r = d_h/2 that trains on 2 CPU cores in about a minute.
 DEFAULT_TRIAL = {"model": {"n_layers": 4, "attention": {"kind": "lrkv", "d_model": 128, "n_heads": 4, "rank": 16}},
-                 "data": {"seq_len": 128}, "train": {"tokens": 300_000, "batch_size": 16, "eval_every": 25}}
+                 "data": {"seq_len": 128}, "train": {"tokens": 1_000_000, "batch_size": 16, "eval_every": 100}}
 
 
 def load_yaml(path: Path, field: str) -> dict:
@@ -146,7 +278,7 @@ def train(
     from lrkv.workers.config import TrialConfig
     from lrkv.workers.train import train as run_trial
 
-    raw = load_yaml(config, "--config") if config else json.loads(json.dumps(DEFAULT_TRIAL))
+    raw = load_yaml(config, "--config") if config else copy.deepcopy(DEFAULT_TRIAL)
     given = {"kind": kind, "d_model": d_model, "n_heads": n_heads, "head_dim": head_dim, "n_kv_heads": n_kv_heads,
              "rank": rank, "n_layers": n_layers, "data": data, "tokenizer": tokenizer, "seq_len": seq_len,
              "tokens": tokens, "batch_size": batch_size, "optimizer": optimizer, "lr": lr, "device": device, "seed": seed}

@@ -1,0 +1,325 @@
+"""The sweep driver: ask Optuna for points, run them as Ray tasks, tell Optuna and MLflow what came back.
+
+The Optuna study in its storage is the sweep's whole state (spec, trials, curves, MLflow run ids), so
+`resume` is reopening it: trials a dead driver left RUNNING are failed and re-queued with the same
+parameters and the same MLflow run; completed trials are never re-run. One driver writes a sweep at a
+time (a heartbeat in the study guards it).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import optuna
+import ray
+from optuna.trial import TrialState
+
+from lrkv.kernels import ConfigError
+from lrkv.workers.config import TrialConfig
+from lrkv.workers.data import load_blocks
+
+from . import search
+from .remote import ReportBoard, run_trial
+from .spec import OBJECTIVES, SweepSpec, parse_spec
+from .stores import Stores, redact
+from .tracking import Tracker
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+logging.getLogger("mlflow").setLevel(logging.WARNING)
+HEARTBEAT_SECONDS = 10
+STALE_AFTER = 3 * HEARTBEAT_SECONDS
+MAX_IDLE_PROPOSALS = 64  # consecutive proposals that add nothing new before the space counts as exhausted
+
+
+class SweepError(ConfigError):
+    """A sweep that cannot start as asked (exists already, is running elsewhere, storage unreachable)."""
+
+    def __init__(self, field: str, expected: str, got: object):
+        super().__init__(field, expected, got)
+
+
+@dataclass
+class Running:
+    trial: optuna.Trial
+    params: dict
+    key: str
+    config: TrialConfig
+    run_id: str
+    costs: dict
+    started: float = field(default_factory=time.time)
+    latest: dict = field(default_factory=dict)
+
+
+def open_study(stores: Stores, name: str) -> optuna.Study:
+    try:
+        return optuna.load_study(study_name=name, storage=stores.optuna_storage())
+    except KeyError:
+        raise SweepError("name", f"an existing sweep in {redact(stores.study_url)}", name) from None
+
+
+def study_spec(study: optuna.Study) -> SweepSpec:
+    return parse_spec(study.user_attrs["spec"], source=f"study {study.study_name}")
+
+
+def counted(trial: optuna.trial.FrozenTrial) -> bool:
+    """Trials that spend the budget: launched, and not an interrupted attempt that was re-queued."""
+    return bool(trial.user_attrs.get("launched")) and not trial.user_attrs.get("requeued")
+
+
+class SweepDriver:
+    def __init__(self, study: optuna.Study, spec: SweepSpec, stores: Stores, address: str | None = None,
+                 view=None):
+        self.study, self.spec, self.stores, self.address, self.view = study, spec, stores, address, view
+        self.storage = study._storage
+        self.tracker = Tracker(stores.tracking_uri, spec.name)
+        self.active: dict[ray.ObjectRef, Running] = {}
+        self.exhausted = False
+        self.rng = random.Random(spec.sampler.seed)
+        self.last_beat = 0.0
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, spec: SweepSpec, stores: Stores, **kw) -> SweepDriver:
+        """A new sweep: the study, its parent run and its reference points. Fails if the name exists."""
+        vocab = load_blocks(spec.data_config()).vocab_size  # bad data fails here, before any store is written
+        stores.prepare()
+        try:
+            study = optuna.create_study(study_name=spec.name, storage=stores.optuna_storage(),
+                                        directions=spec.directions, sampler=search.make_sampler(spec))
+        except optuna.exceptions.DuplicatedStudyError:
+            raise SweepError("name", f"a sweep name not yet in {redact(stores.study_url)} "
+                                     f"(resume it with `lrkv sweep resume {spec.name}`)", spec.name) from None
+        study.set_user_attr("spec", spec.model_dump(mode="json"))
+        study.set_user_attr("digest", spec.digest())
+        study.set_user_attr("vocab_size", vocab)
+        driver = cls(study, spec, stores, **kw)
+        driver.claim()
+        study.set_user_attr("mlflow_parent_run_id",
+                            driver.tracker.start_parent(spec.name, spec.model_dump(mode="json"), spec.digest()))
+        for params in search.references(spec):
+            study.enqueue_trial(params, skip_if_exists=True)
+        return driver
+
+    @classmethod
+    def resume(cls, name: str, stores: Stores, **kw) -> SweepDriver:
+        study = open_study(stores, name)
+        spec = study_spec(study)
+        study.sampler = search.make_sampler(spec)
+        load_blocks(spec.data_config())
+        driver = cls(study, spec, stores, **kw)
+        driver.claim()
+        study.set_user_attr("cancel_requested", None)
+        driver.requeue_interrupted()
+        driver.tracker.client.update_run(study.user_attrs["mlflow_parent_run_id"], status="RUNNING")
+        return driver
+
+    def claim(self) -> None:
+        """Refuse to drive a sweep another live driver holds; then hold it."""
+        holder = self.study.user_attrs.get("driver")
+        if holder and time.time() - holder["beat"] < STALE_AFTER and holder["pid"] != os.getpid():
+            same_host = holder["host"] == socket.gethostname()
+            if not same_host or _alive(holder["pid"]):
+                raise SweepError("name", "a sweep no other driver is running",
+                                 f"{self.spec.name} (driven by pid {holder['pid']} on {holder['host']})")
+        self.beat(force=True)
+
+    def beat(self, force: bool = False) -> None:
+        if force or time.time() - self.last_beat > HEARTBEAT_SECONDS:
+            self.last_beat = time.time()
+            self.study.set_user_attr("driver", {"pid": os.getpid(), "host": socket.gethostname(), "beat": self.last_beat})
+
+    def requeue_interrupted(self) -> None:
+        """Trials left RUNNING by a dead driver: fail them and enqueue the same point (same MLflow run)."""
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            self._set_attr(t.number, "requeued", True)
+            self._set_attr(t.number, "reason", "interrupted: the driver stopped; re-queued")
+            self.study.tell(t.number, state=TrialState.FAIL)
+            attrs = {"retry_of": t.number}
+            if t.user_attrs.get("mlflow_run_id"):
+                attrs["mlflow_run_id"] = t.user_attrs["mlflow_run_id"]
+            self.study.enqueue_trial(t.params, user_attrs=attrs)
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def run(self) -> optuna.Study:
+        self._connect()
+        vocab = self.study.user_attrs["vocab_size"]
+        grace = int(self.spec.pruning.grace * self.spec.budget.tokens_per_trial)
+        self.board = ReportBoard.remote(self.spec.pruning.margin, grace, self.spec.pruning.enabled)
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+            if "curve" in t.user_attrs:
+                ray.get(self.board.register.remote(t.number, t.params["size"], self._cost_tuple(t.user_attrs["costs"]),
+                                                   [tuple(p) for p in t.user_attrs["curve"]]))
+        cancelled = False
+        try:
+            while True:
+                self.beat()
+                if self.study.user_attrs.get("cancel_requested"):
+                    cancelled = True
+                    break
+                while not self.exhausted and len(self.active) < self.spec.budget.concurrency and self._budget_left():
+                    self._launch_next(vocab)
+                if not self.active:
+                    break
+                ready, _ = ray.wait(list(self.active), num_returns=1, timeout=1.0)
+                for number, metrics in ray.get(self.board.drain.remote()):
+                    for running in self.active.values():
+                        if running.trial.number == number:
+                            running.latest = metrics
+                for ref in ready:
+                    self._finish(ref)
+                if self.view:
+                    self.view.update(self)
+        except BaseException:
+            self._abandon("interrupted: the driver stopped")
+            raise
+        if cancelled:
+            self._abandon("cancelled")
+        parent = self.study.user_attrs["mlflow_parent_run_id"]
+        from lrkv.dashboards.report import log_front
+        log_front(self.study, self.tracker, parent)
+        self.tracker.finish_parent(parent, "KILLED" if cancelled else "FINISHED")
+        self.study.set_user_attr("driver", None)
+        return self.study
+
+    def _connect(self) -> None:
+        if ray.is_initialized():
+            return
+        if self.address:
+            ray.init(address=self.address, log_to_driver=False, configure_logging=False)
+        else:
+            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
+                     num_cpus=os.cpu_count(), num_gpus=_local_gpus())
+
+    def _budget_left(self) -> bool:
+        done = sum(counted(t) for t in self.study.get_trials(deepcopy=False))
+        return done < self.spec.budget.trials
+
+    def _launch_next(self, vocab: int) -> None:
+        """Ask until a new, feasible point comes; skip duplicates and known-infeasible points cheaply."""
+        finished = {t.user_attrs.get("key"): t for t in self.study.get_trials(deepcopy=False)
+                    if t.user_attrs.get("launched") and not t.user_attrs.get("requeued")}
+        running = {r.key: r for r in self.active.values()}
+        for _ in range(MAX_IDLE_PROPOSALS):
+            trial = self.study.ask()
+            params = search.suggest(trial, self.spec)
+            key = search.point_key(params)
+            trial.set_user_attr("key", key)
+            config = search.trial_config(self.spec, params)
+            reason = search.violation(self.spec, config, vocab)
+            if reason is None and key in running:
+                reason = f"skipped: same point as running trial {running[key].trial.number}"
+            if reason is None and key in finished and finished[key].number != trial.number:
+                prior = finished[key]
+                reason = f"skipped: same point as trial {prior.number}" + (
+                    " (out of memory)" if prior.user_attrs.get("reason") == "oom" else "")
+            if reason is not None:
+                trial.set_user_attr("reason", reason if reason.startswith("skipped") else f"infeasible: {reason}")
+                self.study.tell(trial, state=TrialState.FAIL)
+                if not self._enqueue_unexplored(set(finished) | set(running)):
+                    break
+                continue
+            self._start(trial, params, key, config, vocab)
+            return
+        self.exhausted = True
+
+    def _enqueue_unexplored(self, seen: set[str]) -> bool:
+        """After a wasted proposal in a finite space, queue a point nobody has tried (False: none left).
+        Samplers that exploit a small categorical space would otherwise keep proposing known points."""
+        points = search.finite_points(self.spec)
+        if points is None:
+            return True
+        waiting = {search.point_key(t.system_attrs.get("fixed_params", {}))
+                   for t in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))}
+        fresh = [p for p in points if search.point_key(p) not in seen | waiting]
+        if not fresh:
+            return bool(waiting)
+        self.study.enqueue_trial(self.rng.choice(fresh))
+        return True
+
+    def _start(self, trial: optuna.Trial, params: dict, key: str, config: TrialConfig, vocab: int) -> None:
+        costs = search.costs(self.spec, config, vocab)
+        run_id = self.tracker.start_child(self.study.user_attrs["mlflow_parent_run_id"], trial.number,
+                                          config.model.attention.label, params, config.to_dict(),
+                                          self.spec.digest(), run_id=trial.user_attrs.get("mlflow_run_id"))
+        for name, value in {"launched": True, "mlflow_run_id": run_id, "costs": costs,
+                            "label": config.model.attention.label, "config": config.to_dict()}.items():
+            trial.set_user_attr(name, value)
+        ray.get(self.board.register.remote(trial.number, params["size"], self._cost_tuple(costs)))
+        res = self.spec.resources
+        ref = run_trial.options(num_cpus=res.cpus_per_trial, num_gpus=res.gpus_per_trial,
+                                max_retries=res.max_retries, retry_exceptions=False).remote(
+            config.to_dict(), trial.number, self.board, int(res.cpus_per_trial))
+        self.active[ref] = Running(trial, params, key, config, run_id, costs)
+
+    def _finish(self, ref: ray.ObjectRef) -> None:
+        running = self.active.pop(ref)
+        trial = running.trial
+        try:
+            result = ray.get(ref)
+        except ray.exceptions.TaskCancelledError:
+            result = {"status": "failed", "reason": "cancelled"}
+        except ray.exceptions.OutOfMemoryError as exc:
+            result = {"status": "failed", "reason": "oom", "detail": str(exc).splitlines()[0]}
+        except ray.exceptions.RayError as exc:  # the worker or node died and the retries ran out
+            result = {"status": "failed", "reason": "worker lost", "detail": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        self._record(trial, running, result)
+
+    def _record(self, trial: optuna.Trial, running: Running, result: dict) -> None:
+        status, record = result["status"], result.get("record")
+        reason = result.get("reason")
+        trial.set_user_attr("reason", reason)
+        if result.get("detail"):
+            trial.set_user_attr("detail", result["detail"])
+        values = None
+        if record:
+            trial.set_user_attr("curve", [[p["tokens"], p["val_bpb"]] for p in record["curve"]])
+            trial.set_user_attr("record", {k: v for k, v in record.items() if k not in ("curve",)})
+            values = {name: record[OBJECTIVES[name]] for name in self.spec.objectives}
+        if status == "complete":
+            self.study.tell(trial, [values[name] for name in self.spec.objectives])
+        else:
+            self.study.tell(trial, state=TrialState.PRUNED if status == "pruned" else TrialState.FAIL)
+        self.tracker.finish_child(running.run_id, status, record, reason, values)
+
+    def _abandon(self, reason: str) -> None:
+        """Cancel what still runs and record it, so no trial or run is left RUNNING by this driver."""
+        for ref, running in list(self.active.items()):
+            ray.cancel(ref, force=True)
+            self.active.pop(ref)
+            # A trial stopped by the driver's own end is re-run on resume, so the budget does not count it.
+            running.trial.set_user_attr("requeued", reason != "cancelled")
+            self._record(running.trial, running, {"status": "failed", "reason": reason})
+            if reason != "cancelled":
+                self.study.enqueue_trial(running.params, user_attrs={"retry_of": running.trial.number,
+                                                                     "mlflow_run_id": running.run_id})
+
+    def _cost_tuple(self, costs: dict) -> tuple:
+        return tuple(costs[name] for name in self.spec.objectives if name in costs)
+
+    def _set_attr(self, number: int, key: str, value) -> None:
+        study_id = self.storage.get_study_id_from_name(self.study.study_name)
+        self.storage.set_trial_user_attr(self.storage.get_trial_id_from_study_id_trial_number(study_id, number), key, value)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _local_gpus() -> int:
+    try:
+        import torch
+        return torch.cuda.device_count()
+    except Exception:
+        return 0

@@ -1,0 +1,74 @@
+"""What runs inside the Ray cluster: the trial task and the board that carries its reports.
+
+A trial reports each validation to the ReportBoard actor and learns from the answer whether to stop
+(the frontier-fair rule sees every trial's curve there). The driver drains the board for its live
+view; only the driver writes the Optuna study and MLflow, so workers need no store credentials.
+"""
+from __future__ import annotations
+
+import time
+import traceback
+
+import ray
+
+from .pruning import Curve, should_stop
+
+
+@ray.remote(num_cpus=0)
+class ReportBoard:
+    def __init__(self, margin: float, grace_tokens: int, enabled: bool):
+        self.margin, self.grace_tokens, self.enabled = margin, grace_tokens, enabled
+        self.curves: dict[int, Curve] = {}
+        self.events: list[tuple[int, dict]] = []
+
+    def register(self, number: int, group: str, costs: tuple, points: list[tuple[int, float]] = ()) -> None:
+        curve = self.curves[number] = Curve(group, tuple(costs))
+        for tokens, loss in points:
+            curve.add(tokens, loss)
+
+    def report(self, number: int, metrics: dict) -> str | None:
+        """Record a validation point; returns the reason to stop, or None."""
+        curve = self.curves[number]
+        curve.add(metrics["tokens"], metrics["val_bpb"])
+        self.events.append((number, metrics))
+        if not self.enabled:
+            return None
+        return should_stop(curve, list(self.curves.values()), self.margin, self.grace_tokens)
+
+    def drain(self) -> list[tuple[int, dict]]:
+        events, self.events = self.events, []
+        return events
+
+
+@ray.remote
+def run_trial(config: dict, number: int, board, threads: int) -> dict:
+    """Train one configuration. Returns {"status": complete | pruned | failed, ...}; a node that dies
+    mid-trial surfaces as a Ray error, and Ray re-runs the task (max_retries)."""
+    import torch
+
+    from lrkv.workers.config import TrialConfig
+    from lrkv.workers.train import TrialDiverged, train
+
+    torch.set_num_threads(max(1, threads))
+    stop: list[str] = []
+
+    def report(step: int, metrics: dict) -> bool:
+        reason = ray.get(board.report.remote(number, metrics))
+        if reason:
+            stop.append(reason)
+        return bool(reason)
+
+    started = time.time()
+    try:
+        record = train(TrialConfig.from_dict(config), report)
+    except TrialDiverged as exc:
+        return {"status": "failed", "reason": "nan", "detail": str(exc)}
+    except torch.OutOfMemoryError as exc:
+        return {"status": "failed", "reason": "oom", "detail": str(exc).splitlines()[0]}
+    except Exception as exc:  # reported, never lost: the sweep records it and goes on
+        return {"status": "failed", "reason": "error", "detail": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(limit=8)}
+    record["trial_seconds"] = time.time() - started
+    if record["stopped_early"]:  # a stop asked at the last evaluation changes nothing: the trial is complete
+        return {"status": "pruned", "reason": stop[-1], "record": record}
+    return {"status": "complete", "reason": None, "record": record}

@@ -1,0 +1,100 @@
+"""The search space in Optuna's terms: samplers, define-by-run suggestions, reference points, costs.
+
+A trial's parameters are (size, variant, rank, lr): `variant` is LRKV or one of the baselines, and
+the rank is only asked for LRKV (a conditional space, which TPE, NSGA-II and brute force handle).
+The references — every baseline and the LRKV anchors r ∈ {0, d_h/4, d_h/2, d_h} at every size —
+are enqueued first, so every front has them whatever the sampler does.
+"""
+from __future__ import annotations
+
+import optuna
+
+from lrkv.workers.config import TrialConfig
+
+from .spec import LrSpace, SweepSpec
+
+
+def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
+    s = spec.sampler
+    if s.kind == "grid":
+        return optuna.samplers.BruteForceSampler(seed=s.seed)
+    if s.kind == "random":
+        return optuna.samplers.RandomSampler(seed=s.seed)
+    if s.kind == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=s.seed, population_size=max(4, spec.budget.concurrency * 2))
+    if s.kind == "gp":
+        return optuna.samplers.GPSampler(seed=s.seed, n_startup_trials=s.startup_trials)
+    return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.startup_trials, multivariate=True,
+                                      group=True, constant_liar=True)
+
+
+def suggest(trial: optuna.Trial, spec: SweepSpec) -> dict:
+    """Ask the trial for its point; returns the parameters as a plain dict."""
+    params = {"size": trial.suggest_categorical("size", [s.name for s in spec.space.sizes]),
+              "variant": trial.suggest_categorical("variant", spec.variants())}
+    rank = spec.space.rank
+    if params["variant"] == "lrkv":
+        if rank.low is not None:
+            params[rank.param()] = trial.suggest_int(rank.param(), rank.low, rank.high, step=rank.step)
+        else:
+            params[rank.param()] = trial.suggest_categorical(rank.param(), rank.choices())
+    if isinstance(spec.space.lr, LrSpace):
+        params["lr"] = trial.suggest_float("lr", spec.space.lr.low, spec.space.lr.high, log=spec.space.lr.log)
+    return params
+
+
+def trial_config(spec: SweepSpec, params: dict) -> TrialConfig:
+    rank = params.get("rank", params.get("rank_frac", 0))
+    lr = params.get("lr", spec.space.lr if isinstance(spec.space.lr, float) else None)
+    return spec.trial_config(params["size"], params["variant"], rank, lr)
+
+
+def references(spec: SweepSpec) -> list[dict]:
+    """Fixed points enqueued before the sampler runs: the baselines and the LRKV anchors, per size."""
+    points = []
+    lr = spec.space.lr
+    extra = {"lr": (lr.low * lr.high) ** 0.5 if lr.log else (lr.low + lr.high) / 2} if isinstance(lr, LrSpace) else {}
+    for size in spec.space.sizes:
+        if spec.anchors:
+            points += [{"size": size.name, "variant": "lrkv", spec.space.rank.param(): a, **extra}
+                       for a in spec.space.rank.anchors(size.d_head)]
+        points += [{"size": size.name, "variant": b, **extra} for b in spec.baselines]
+    return points
+
+
+def finite_points(spec: SweepSpec) -> list[dict] | None:
+    """Every point of the space when it is finite (no continuous lr range), else None."""
+    if isinstance(spec.space.lr, LrSpace):
+        return None
+    rank = spec.space.rank
+    points = []
+    for size in spec.space.sizes:
+        points += [{"size": size.name, "variant": "lrkv", rank.param(): r} for r in rank.choices()]
+        points += [{"size": size.name, "variant": b} for b in spec.baselines]
+    return points
+
+
+def point_key(params: dict) -> str:
+    """Identity of a configuration: the same key trains the same model (the seed is fixed)."""
+    return "|".join(f"{k}={params[k]!r}" for k in sorted(params))
+
+
+def costs(spec: SweepSpec, config: TrialConfig, vocab_size: int) -> dict[str, float]:
+    """Objective values known from the spec alone (everything but the loss)."""
+    model = config.model
+    return {"kv_cache_bytes": model.kv_cache_bytes_per_token(),
+            "flops_per_token": model.train_flops_per_token(vocab_size, config.data.seq_len),
+            "params": model.params(vocab_size)}
+
+
+def violation(spec: SweepSpec, config: TrialConfig, vocab_size: int) -> str | None:
+    """Why this configuration breaks a constraint, or None. Costs nothing: no GPU time is spent."""
+    c, model = spec.constraints, config.model
+    fraction = model.attention.cache_ratio_vs_mha()
+    if c.max_cache_fraction_of_mha is not None and fraction > c.max_cache_fraction_of_mha:
+        return f"cache is {fraction:.3f} of MHA's > {c.max_cache_fraction_of_mha}"
+    if c.max_cache_bytes_per_token is not None and model.kv_cache_bytes_per_token() > c.max_cache_bytes_per_token:
+        return f"cache {model.kv_cache_bytes_per_token()} B/token > {c.max_cache_bytes_per_token}"
+    if c.max_params is not None and model.params(vocab_size) > c.max_params:
+        return f"{model.params(vocab_size)} params > {c.max_params}"
+    return None

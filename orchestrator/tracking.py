@@ -1,0 +1,99 @@
+"""MLflow records: one experiment per sweep, one parent run per sweep, one child run per trial.
+
+The driver is the only writer. A child run is created when its trial starts (RUNNING) and always
+ends FINISHED, KILLED (pruned) or FAILED with the reason as a tag; a trial re-run after its driver
+died continues the same run, so a retry never leaves a duplicate or a run stuck in RUNNING.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+logging.getLogger("alembic").setLevel(logging.WARNING)
+
+# Final metrics copied from the worker's record onto the child run.
+FINAL_METRICS = ("val_bpb", "train_loss", "tokens", "steps", "wall_seconds", "train_seconds", "tokens_per_s", "mfu",
+                 "peak_memory_bytes", "kv_cache_bytes_per_token", "kv_cache_ratio_vs_mha", "flops_per_token",
+                 "params", "head_eff_rank", "head_eff_rank_frac", "trial_seconds")
+STATUS = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
+    """Nested dicts/lists as dotted keys with string values (MLflow params)."""
+    if isinstance(tree, dict):
+        out: dict[str, str] = {}
+        for key, value in tree.items():
+            out |= flatten(value, f"{prefix}{key}.")
+        return out
+    return {prefix.rstrip("."): json.dumps(tree) if isinstance(tree, list) else str(tree)}
+
+
+class Tracker:
+    def __init__(self, tracking_uri: str, sweep: str):
+        self.client = MlflowClient(tracking_uri)
+        experiment = self.client.get_experiment_by_name(sweep)
+        self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(sweep)
+
+    def start_parent(self, sweep: str, spec: dict, digest: str) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=sweep,
+                                     tags={"lrkv.sweep": sweep, "lrkv.spec_digest": digest, "lrkv.role": "sweep"})
+        params = flatten({k: v for k, v in spec.items() if k != "storage"})
+        self._params(run.info.run_id, params)
+        self.client.log_text(run.info.run_id, json.dumps(spec, indent=1), "spec.json")
+        return run.info.run_id
+
+    def start_child(self, parent_id: str, number: int, label: str, params: dict, config: dict, digest: str,
+                    run_id: str | None = None) -> str:
+        """Create the trial's run, or reopen `run_id` when the trial is a re-run of an interrupted one."""
+        tags = {"mlflow.parentRunId": parent_id, "optuna.trial_number": str(number), "lrkv.spec_digest": digest,
+                "lrkv.role": "trial", **{f"lrkv.{k}": str(v) for k, v in params.items()}}
+        if run_id:
+            self.client.update_run(run_id, status="RUNNING")
+            for key, value in tags.items():
+                self.client.set_tag(run_id, key, value)
+            return run_id
+        run = self.client.create_run(self.experiment_id, run_name=f"{number:03d}-{label}", tags=tags)
+        self._params(run.info.run_id, {"optuna_trial_number": number, **params, **flatten(config)})
+        return run.info.run_id
+
+    def finish_child(self, run_id: str, status: str, record: dict | None, reason: str | None,
+                     objectives: dict[str, float] | None) -> None:
+        now = int(time.time() * 1000)
+        metrics = []
+        if record:
+            for point in record.get("curve", []):
+                for key in ("val_bpb", "train_loss", "tokens"):
+                    metrics.append(Metric(f"curve.{key}", point[key], now, point["step"]))
+            metrics += [Metric(k, float(record[k]), now, record.get("steps", 0)) for k in FINAL_METRICS
+                        if record.get(k) is not None]
+        metrics += [Metric(f"objective.{k}", float(v), now, 0) for k, v in (objectives or {}).items()]
+        tags = [RunTag("lrkv.state", status)] + ([RunTag("lrkv.reason", reason[:4000])] if reason else [])
+        for i in range(0, len(metrics), 900):  # MLflow takes at most 1000 entities per batch
+            self.client.log_batch(run_id, metrics=metrics[i:i + 900])
+        self.client.log_batch(run_id, tags=tags)
+        self.client.set_terminated(run_id, STATUS[status])
+
+    def fail_stale(self, run_id: str, reason: str) -> None:
+        self.client.set_tag(run_id, "lrkv.reason", reason)
+        self.client.set_terminated(run_id, "FAILED")
+
+    def finish_parent(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status)
+
+    def log_front(self, run_id: str, table: dict, markdown: str, metrics: dict[str, float]) -> None:
+        self.client.log_text(run_id, json.dumps(table, indent=1), "pareto.json")
+        self.client.log_text(run_id, markdown, "pareto.md")
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
+
+    def _params(self, run_id: str, params: dict) -> None:
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 90):  # 100 params per batch at most
+            self.client.log_batch(run_id, params=items[i:i + 90])
