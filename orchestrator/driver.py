@@ -77,7 +77,7 @@ class SweepDriver:
                  view=None):
         self.study, self.spec, self.stores, self.address, self.view = study, spec, stores, address, view
         self.storage = study._storage
-        self.tracker = Tracker(stores.tracking_uri, spec.name)
+        self.tracker = Tracker(stores.tracking_uri, spec.name, stores.artifact_root)
         self.active: dict[ray.ObjectRef, Running] = {}
         self.exhausted = False
         self.rng = random.Random(spec.sampler.seed)
@@ -102,8 +102,6 @@ class SweepDriver:
         driver.claim()
         study.set_user_attr("mlflow_parent_run_id",
                             driver.tracker.start_parent(spec.name, spec.model_dump(mode="json"), spec.digest()))
-        for params in search.references(spec):
-            study.enqueue_trial(params, skip_if_exists=True)
         return driver
 
     @classmethod
@@ -135,15 +133,11 @@ class SweepDriver:
             self.study.set_user_attr("driver", {"pid": os.getpid(), "host": socket.gethostname(), "beat": self.last_beat})
 
     def requeue_interrupted(self) -> None:
-        """Trials left RUNNING by a dead driver: fail them and enqueue the same point (same MLflow run)."""
+        """Trials left RUNNING by a dead driver: fail them; `_next_fixed` runs their points again first."""
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             self._set_attr(t.number, "requeued", True)
             self._set_attr(t.number, "reason", "interrupted: the driver stopped; re-queued")
             self.study.tell(t.number, state=TrialState.FAIL)
-            attrs = {"retry_of": t.number}
-            if t.user_attrs.get("mlflow_run_id"):
-                attrs["mlflow_run_id"] = t.user_attrs["mlflow_run_id"]
-            self.study.enqueue_trial(t.params, user_attrs=attrs)
 
     # -- the loop -----------------------------------------------------------------------------------
     def run(self) -> optuna.Study:
@@ -206,6 +200,9 @@ class SweepDriver:
                     if t.user_attrs.get("launched") and not t.user_attrs.get("requeued")}
         running = {r.key: r for r in self.active.values()}
         for _ in range(MAX_IDLE_PROPOSALS):
+            fixed = self._next_fixed(set(finished) | set(running))
+            if fixed:
+                self.study.enqueue_trial(*fixed)
             trial = self.study.ask()
             params = search.suggest(trial, self.spec)
             key = search.point_key(params)
@@ -227,6 +224,20 @@ class SweepDriver:
             self._start(trial, params, key, config, vocab)
             return
         self.exhausted = True
+
+    def _next_fixed(self, seen: set[str]) -> tuple[dict, dict] | None:
+        """The next point the sweep owes before the sampler's own: interrupted trials first (with their
+        MLflow run), then the references (baselines, anchors). Derived from the study every time, so
+        it survives any number of driver restarts; enqueued one at a time, so nothing waits behind."""
+        if self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            return None
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            if t.user_attrs.get("requeued") and t.user_attrs.get("key") not in seen:
+                return t.params, {"retry_of": t.number, "mlflow_run_id": t.user_attrs.get("mlflow_run_id")}
+        for params in search.references(self.spec):
+            if search.point_key(params) not in seen:
+                return params, {}
+        return None
 
     def _enqueue_unexplored(self, seen: set[str]) -> bool:
         """After a wasted proposal in a finite space, queue a point nobody has tried (False: none left).
@@ -295,9 +306,6 @@ class SweepDriver:
             # A trial stopped by the driver's own end is re-run on resume, so the budget does not count it.
             running.trial.set_user_attr("requeued", reason != "cancelled")
             self._record(running.trial, running, {"status": "failed", "reason": reason})
-            if reason != "cancelled":
-                self.study.enqueue_trial(running.params, user_attrs={"retry_of": running.trial.number,
-                                                                     "mlflow_run_id": running.run_id})
 
     def _cost_tuple(self, costs: dict) -> tuple:
         return tuple(costs[name] for name in self.spec.objectives if name in costs)

@@ -6,6 +6,7 @@ space into the worker's TrialConfig, so the orchestrator never builds models its
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -15,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lrkv.kernels import AttentionSpec, ConfigError
-from lrkv.workers.config import TrialConfig, config_error
+from lrkv.workers.config import TrainConfig, TrialConfig, config_error
 from lrkv.workers.data import DataConfig
 
 # Objective name -> key of the worker's metrics record.
@@ -110,8 +111,24 @@ class Space(Strict):
     def _unique(cls, sizes):
         names = [s.name for s in sizes]
         if len(set(names)) != len(names):
-            raise ValueError(f"unique size names, got {names}")
+            raise ValueError(f"unique size names ({', '.join(sorted({n for n in names if names.count(n) > 1}))} repeated)")
         return sizes
+
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _lr(cls, lr):
+        """One path for both forms (a union would report `space.lr.constrained-float` for a bad range)."""
+        if lr is None or isinstance(lr, LrSpace):
+            return lr
+        if isinstance(lr, dict):
+            try:
+                return LrSpace.model_validate(lr)
+            except ValidationError as exc:
+                err = config_error(exc)
+                raise ConfigError("" if err.field == "config" else err.field, err.expected, err.got) from None
+        if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0:
+            raise ConfigError("", "a positive number or a range {low, high}", lr)
+        return float(lr)
 
 
 class Budget(Strict):
@@ -168,13 +185,22 @@ class SweepSpec(Strict):
     train: dict[str, Any] = {}
     seed: int = 0
 
+    @field_validator("objectives", mode="before")
+    @classmethod
+    def _known_objectives(cls, objectives):
+        if isinstance(objectives, dict):  # name the unknown key itself, not pydantic's `objectives.<key>.[key]`
+            for name in objectives:
+                if name not in OBJECTIVES:
+                    raise ConfigError(str(name), f"one of {', '.join(OBJECTIVES)}", name)
+        return objectives
+
     @field_validator("objectives")
     @classmethod
     def _objectives(cls, objectives):
-        if "val_bpb" not in objectives or len(objectives) < 2:
-            raise ValueError("val_bpb and at least one cost (kv_cache_bytes, flops_per_token, params, decode_ms)")
         if "decode_ms" in objectives:
-            raise ValueError("decode_ms needs the decode profiler, which this version does not have")
+            raise ValueError("no decode_ms (it needs the decode profiler, which this version does not have)")
+        if "val_bpb" not in objectives or len(objectives) < 2:
+            raise ValueError("val_bpb and at least one cost (kv_cache_bytes, flops_per_token, params)")
         return objectives
 
     @field_validator("baselines")
@@ -182,15 +208,25 @@ class SweepSpec(Strict):
     def _baselines(cls, baselines):
         for b in baselines:
             if not BASELINE.match(b):
-                raise ValueError(f"baselines among mha, mqa, mla, gqa<N>; got {b!r}")
+                raise ConfigError("", "baselines among mha, mqa, mla, gqa<N>", b)
         return list(dict.fromkeys(baselines))
 
     @field_validator("train")
     @classmethod
     def _no_tokens(cls, train):
         if "tokens" in train:
-            raise ValueError("no train.tokens (set budget.tokens_per_trial)")
+            raise ConfigError("tokens", "no train.tokens (set budget.tokens_per_trial)", train["tokens"])
         return train
+
+    @field_validator("data", "train")
+    @classmethod
+    def _known_fields(cls, section, info):
+        """Unknown keys read `no such field`, as everywhere else (the dataclasses say `unexpected keyword argument`)."""
+        known = {f.name for f in dataclasses.fields(DataConfig if info.field_name == "data" else TrainConfig)}
+        for key, value in section.items():
+            if key not in known:
+                raise ConfigError(str(key), "no such field", value)
+        return section
 
     @model_validator(mode="after")
     def _trials_build(self):
@@ -202,7 +238,7 @@ class SweepSpec(Strict):
                 if r > smallest:
                     where = f"space.rank.values.{i}" if rank.values is not None else "space.rank.high"
                     raise ConfigError(where, f"a rank ≤ head_dim of every size ({smallest}); use fractions "
-                                      "to scale ranks with size", r)
+                                      "to scale ranks with size", r if rank.values is not None else rank.high)
         for i, size in enumerate(self.space.sizes):
             for variant in self.variants():
                 try:
@@ -259,9 +295,7 @@ def _spec_path(trial_field: str, size_index: int) -> str:
         return "baselines"
     if head == "model":
         return f"space.sizes.{size_index}.{trial_field.split('.')[-1]}"
-    if head == "train" and rest == "lr":
-        return "space.lr"
-    return trial_field
+    return trial_field  # train.lr too: these checks build with lr=None, so a bad lr is the train section's
 
 
 def load_spec(path: Path | str) -> SweepSpec:

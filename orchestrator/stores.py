@@ -49,6 +49,14 @@ class Stores:
         return optuna.storages.RDBStorage(self.study_url, heartbeat_interval=None,
                                           engine_kwargs={"pool_pre_ping": True})
 
+    @property
+    def artifact_root(self) -> str | None:
+        """Where a local MLflow store keeps artifacts (beside it, not in the working directory);
+        a tracking server decides for itself."""
+        if self.tracking_uri.startswith("sqlite:///"):
+            return (Path(self.tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+        return None
+
     def prepare(self) -> None:
         """Create the workspace folder the local stores live in (only when a sweep starts)."""
         if self.local or self.tracking_uri.startswith("sqlite:///"):

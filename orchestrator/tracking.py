@@ -36,10 +36,11 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
 
 
 class Tracker:
-    def __init__(self, tracking_uri: str, sweep: str):
+    def __init__(self, tracking_uri: str, sweep: str, artifact_root: str | None = None):
         self.client = MlflowClient(tracking_uri)
         experiment = self.client.get_experiment_by_name(sweep)
-        self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(sweep)
+        self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(
+            sweep, artifact_location=artifact_root and f"{artifact_root}/{sweep}")
 
     def start_parent(self, sweep: str, spec: dict, digest: str) -> str:
         run = self.client.create_run(self.experiment_id, run_name=sweep,

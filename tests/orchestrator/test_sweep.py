@@ -1,0 +1,156 @@
+"""The sweep service end to end on the CPU: real Ray, a real Optuna journal, a real MLflow store.
+
+Each test drives `lrkv` as a user does (a subprocess), then reads the stores back.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from lrkv.orchestrator.stores import Stores
+
+from ..workers.conftest import CORPUS
+
+LRKV = str(Path(sys.executable).parent / "lrkv")
+
+
+def write_spec(path: Path, name: str, tokens: int = 4096, trials: int = 8, **extra) -> Path:
+    spec = {
+        "name": name,
+        "objectives": {"val_bpb": "min", "kv_cache_bytes": "min"},
+        "space": {"sizes": [{"name": "d32", "d_model": 32, "n_layers": 1, "n_heads": 4},
+                            {"name": "d64", "d_model": 64, "n_layers": 1, "n_heads": 4}],
+                  "rank": {"fractions": [0.0, 0.25, 0.5, 1.0]}},
+        "baselines": ["mha", "gqa2", "mqa"],
+        "budget": {"tokens_per_trial": tokens, "trials": trials, "concurrency": 2},
+        "data": {"source": str(CORPUS), "seq_len": 32, "cache_dir": str(path.parent / "data-cache")},
+        "train": {"batch_size": 8, "eval_every": 4, "eval_blocks": 8},
+        **extra,
+    }
+    path.write_text(json.dumps(spec))  # JSON is YAML
+    return path
+
+
+def lrkv(*args, cwd, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([LRKV, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def stores(ws: Path) -> Stores:
+    return Stores.resolve(ws)
+
+
+def load(ws: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=stores(ws).optuna_storage())
+
+
+def mlflow_runs(ws: Path, name: str):
+    client = MlflowClient(stores(ws).tracking_uri)
+    experiment = client.get_experiment_by_name(name)
+    return client, client.search_runs([experiment.experiment_id], max_results=1000)
+
+
+def launched(study):
+    return [t for t in study.get_trials() if t.user_attrs.get("launched") and not t.user_attrs.get("requeued")]
+
+
+def test_quickstart_style_sweep_end_to_end(tmp_path):
+    spec = write_spec(tmp_path / "sweep.yaml", "e2e")
+    ws = tmp_path / "ws"
+    done = lrkv("sweep", "run", str(spec), "--workspace", str(ws), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Pareto front · d32" in done.stdout and "Pareto front · d64" in done.stdout
+
+    study = load(ws, "e2e")
+    trials = launched(study)
+    assert len(trials) == 8
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    # References first: the anchors and baselines of the first size ran before anything else.
+    labels = [t.user_attrs["label"] for t in sorted(trials, key=lambda t: t.number)[:7]]
+    assert labels == ["lrkv0", "lrkv2", "lrkv4", "lrkv8", "mha", "gqa2", "mqa"]
+
+    client, runs = mlflow_runs(ws, "e2e")
+    parents = [r for r in runs if r.data.tags.get("lrkv.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("lrkv.role") == "trial"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == len(trials)  # one run per trial, no duplicates
+    by_number = {int(r.data.tags["optuna.trial_number"]): r for r in children}
+    for t in trials:
+        run = by_number[t.number]
+        assert run.info.run_id == t.user_attrs["mlflow_run_id"]
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert run.info.status == ("FINISHED" if t.state == TrialState.COMPLETE else "KILLED")
+        for metric in ("val_bpb", "kv_cache_bytes_per_token", "flops_per_token", "tokens_per_s", "params"):
+            assert metric in run.data.metrics, metric
+        assert run.data.params["optuna_trial_number"] == str(t.number)
+        if t.state == TrialState.COMPLETE:
+            assert run.data.metrics["val_bpb"] == pytest.approx(t.values[0])
+            assert run.data.metrics["kv_cache_bytes_per_token"] == t.values[1]
+        history = client.get_metric_history(run.info.run_id, "curve.val_bpb")
+        assert len(history) == len(t.user_attrs["curve"]) >= 1
+    artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    assert {"pareto.json", "pareto.md", "spec.json"} <= artifacts
+    assert (ws / "mlartifacts").is_dir() and not (tmp_path / "mlruns").exists()  # artifacts stay in the workspace
+
+    # The same front from the CLI, as JSON.
+    front = json.loads(lrkv("pareto", "e2e", "--workspace", str(ws), "--json", cwd=tmp_path).stdout)
+    assert set(front) == {"d32"} | ({"d64"} if any(t.params["size"] == "d64" for t in trials) else set())
+    status = json.loads(lrkv("sweep", "status", "e2e", "--workspace", str(ws), "--json", cwd=tmp_path).stdout)
+    assert status["e2e"]["counts"].get("running", 0) == 0
+
+    # A second sweep of the same name is refused with one line and exit code 2.
+    again = lrkv("sweep", "run", str(spec), "--workspace", str(ws), cwd=tmp_path)
+    assert again.returncode == 2 and again.stderr.strip().startswith("error: name: expected a sweep name not yet in")
+
+
+def test_driver_killed_then_resumed_loses_nothing(tmp_path):
+    """Kill the driver (SIGKILL, by its pid) mid-sweep; `lrkv sweep resume` finishes the budget without
+    re-running a completed trial, fails and re-runs the interrupted ones, and leaves no run RUNNING."""
+    spec = write_spec(tmp_path / "sweep.yaml", "resumable", tokens=32768, trials=6,
+                      pruning={"enabled": False})
+    ws = tmp_path / "ws"
+    driver = subprocess.Popen([LRKV, "sweep", "run", str(spec), "--workspace", str(ws)], cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 300
+    before = []
+    while time.time() < deadline:
+        time.sleep(1)
+        if (ws / "optuna.journal").exists():
+            study = load(ws, "resumable")
+            before = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+            running = [t for t in study.get_trials() if t.state == TrialState.RUNNING]
+            if len(before) >= 2 and running:
+                break
+        assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
+    assert len(before) >= 2, "the sweep made no progress"
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    driver.wait()
+    interrupted = [t.number for t in load(ws, "resumable").get_trials() if t.state == TrialState.RUNNING]
+    assert interrupted
+
+    done = lrkv("sweep", "resume", "resumable", "--workspace", str(ws), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    study = load(ws, "resumable")
+    after = {t.number: t for t in study.get_trials()}
+    for t in before:  # completed trials are untouched
+        assert after[t.number].state == TrialState.COMPLETE and after[t.number].values == t.values
+    for number in interrupted:  # interrupted ones failed, marked, and re-queued with the same point
+        assert after[number].state == TrialState.FAIL and after[number].user_attrs["requeued"]
+        assert any(t.user_attrs.get("retry_of") == number and t.state == TrialState.COMPLETE for t in after.values())
+    trials = launched(study)
+    assert len(trials) == 6
+    keys = Counter(t.user_attrs["key"] for t in trials)
+    assert max(keys.values()) == 1  # nothing ran twice
+    _, runs = mlflow_runs(ws, "resumable")
+    children = [r for r in runs if r.data.tags.get("lrkv.role") == "trial"]
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    assert len(children) == 6  # re-runs continued their run instead of adding one
