@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -126,6 +127,43 @@ def sweep_run(spec_file: Path = typer.Argument(..., help="Sweep spec (YAML)."), 
     spec = load_spec(spec_file)
     stores = _stores(workspace, storage, tracking_uri, spec)
     _drive(SweepDriver.create(spec, stores, address=address or os.environ.get("RAY_ADDRESS")))
+
+
+@sweep_app.command("submit")
+@user_errors
+def sweep_submit(spec_file: Path = typer.Argument(..., help="Sweep spec (YAML)."),
+                 address: str = typer.Option(..., "--address", help="Ray dashboard / job API, e.g. http://HEAD:8265."),
+                 workspace: Path | None = WorkspaceOpt, storage: str | None = StorageOpt,
+                 tracking_uri: str | None = TrackingOpt):
+    """Send a sweep to a Ray cluster as a job and return at once; the driver runs on the head node."""
+    import shlex
+    import shutil
+    from lrkv.orchestrator.spec import load_spec
+    from lrkv.orchestrator.stores import redact
+    from ray.job_submission import JobSubmissionClient
+    for logger in [n for n in logging.root.manager.loggerDict if n.startswith("ray")]:
+        logging.getLogger(logger).setLevel(logging.WARNING)  # Ray's INFO lines would break the one-line error
+    spec = load_spec(spec_file)
+    stores = _stores(workspace, storage, tracking_uri, spec)  # resolved here: the job's folder is temporary
+    if os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").exists():
+        os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray clusters require the token by default
+    try:
+        client = JobSubmissionClient(address)
+    except Exception as exc:
+        raise ConfigError("--address", "a reachable Ray job API (http://HOST:8265)", f"{address} ({type(exc).__name__})") from None
+    with tempfile.TemporaryDirectory() as folder:
+        shutil.copy(spec_file, Path(folder) / "spec.yaml")
+        entrypoint = shlex.join(["lrkv", "sweep", "run", "spec.yaml", "--storage", stores.study_url,
+                                 "--tracking-uri", stores.tracking_uri, "--address", "auto"])
+        try:
+            job = client.submit_job(entrypoint=entrypoint, submission_id=f"lrkv-{spec.name}",
+                                    runtime_env={"working_dir": folder}, metadata={"lrkv.sweep": spec.name})
+        except RuntimeError as exc:
+            if "already exists" in str(exc):
+                raise ConfigError("name", "a sweep name not yet submitted to this cluster", spec.name) from None
+            raise
+    console.print(f"submitted sweep [bold]{spec.name}[/] as Ray job {job} to {address} "
+                  f"(study {redact(stores.study_url)}); follow it with `lrkv sweep status {spec.name}`")
 
 
 @sweep_app.command("resume")

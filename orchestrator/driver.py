@@ -7,12 +7,12 @@ time (a heartbeat in the study guards it).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
 import socket
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import optuna
@@ -30,7 +30,6 @@ from .stores import Stores, redact
 from .tracking import Tracker
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 logging.getLogger("mlflow").setLevel(logging.WARNING)
 HEARTBEAT_SECONDS = 10
 STALE_AFTER = 3 * HEARTBEAT_SECONDS
@@ -196,8 +195,12 @@ class SweepDriver:
 
     def _launch_next(self, vocab: int) -> None:
         """Ask until a new, feasible point comes; skip duplicates and known-infeasible points cheaply."""
-        finished = {t.user_attrs.get("key"): t for t in self.study.get_trials(deepcopy=False)
+        trials = self.study.get_trials(deepcopy=False)
+        finished = {t.user_attrs.get("key"): t for t in trials
                     if t.user_attrs.get("launched") and not t.user_attrs.get("requeued")}
+        # Memory grows with parameters at a fixed batch: what ran out of memory bounds its size.
+        ooms = [(t.params["size"], t.user_attrs["costs"]["params"], t.number) for t in trials
+                if t.user_attrs.get("reason") == "oom" and "costs" in t.user_attrs]
         running = {r.key: r for r in self.active.values()}
         for _ in range(MAX_IDLE_PROPOSALS):
             fixed = self._next_fixed(set(finished) | set(running))
@@ -208,20 +211,21 @@ class SweepDriver:
             key = search.point_key(params)
             trial.set_user_attr("key", key)
             config = search.trial_config(self.spec, params)
-            reason = search.violation(self.spec, config, vocab)
+            costs = search.costs(self.spec, config, vocab)
+            reason = search.violation(self.spec, config, vocab) or next(
+                (f"trial {n} with {p:,} params at this size ran out of memory" for size, p, n in ooms
+                 if size == params["size"] and costs["params"] >= p), None)
             if reason is None and key in running:
                 reason = f"skipped: same point as running trial {running[key].trial.number}"
             if reason is None and key in finished and finished[key].number != trial.number:
-                prior = finished[key]
-                reason = f"skipped: same point as trial {prior.number}" + (
-                    " (out of memory)" if prior.user_attrs.get("reason") == "oom" else "")
+                reason = f"skipped: same point as trial {finished[key].number}"
             if reason is not None:
                 trial.set_user_attr("reason", reason if reason.startswith("skipped") else f"infeasible: {reason}")
                 self.study.tell(trial, state=TrialState.FAIL)
                 if not self._enqueue_unexplored(set(finished) | set(running)):
                     break
                 continue
-            self._start(trial, params, key, config, vocab)
+            self._start(trial, params, key, config, costs)
             return
         self.exhausted = True
 
@@ -232,8 +236,8 @@ class SweepDriver:
         if self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             return None
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-            if t.user_attrs.get("requeued") and t.user_attrs.get("key") not in seen:
-                return t.params, {"retry_of": t.number, "mlflow_run_id": t.user_attrs.get("mlflow_run_id")}
+            if t.user_attrs.get("requeued") and t.user_attrs.get("launched") and t.user_attrs["key"] not in seen:
+                return t.params, {"retry_of": t.number}
         for params in search.references(self.spec):
             if search.point_key(params) not in seen:
                 return params, {}
@@ -253,11 +257,10 @@ class SweepDriver:
         self.study.enqueue_trial(self.rng.choice(fresh))
         return True
 
-    def _start(self, trial: optuna.Trial, params: dict, key: str, config: TrialConfig, vocab: int) -> None:
-        costs = search.costs(self.spec, config, vocab)
+    def _start(self, trial: optuna.Trial, params: dict, key: str, config: TrialConfig, costs: dict) -> None:
         run_id = self.tracker.start_child(self.study.user_attrs["mlflow_parent_run_id"], trial.number,
                                           config.model.attention.label, params, config.to_dict(),
-                                          self.spec.digest(), run_id=trial.user_attrs.get("mlflow_run_id"))
+                                          self.spec.digest(), hashlib.sha1(key.encode()).hexdigest()[:16])
         for name, value in {"launched": True, "mlflow_run_id": run_id, "costs": costs,
                             "label": config.model.attention.label, "config": config.to_dict()}.items():
             trial.set_user_attr(name, value)

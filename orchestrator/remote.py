@@ -10,6 +10,10 @@ import time
 import traceback
 
 import ray
+import torch
+
+from lrkv.workers.config import TrialConfig
+from lrkv.workers.train import TrialDiverged, train
 
 from .pruning import Curve, should_stop
 
@@ -40,15 +44,20 @@ class ReportBoard:
         return events
 
 
+def failure(exc: BaseException) -> dict:
+    """Why a trial failed: nan, oom (GPU or CPU allocator) or error, with a one-line detail."""
+    first = (str(exc).splitlines() or [""])[0][:300]
+    if isinstance(exc, TrialDiverged):
+        return {"reason": "nan", "detail": first}
+    if isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in str(exc):
+        return {"reason": "oom", "detail": first}
+    return {"reason": "error", "detail": f"{type(exc).__name__}: {first}", "traceback": traceback.format_exc(limit=8)}
+
+
 @ray.remote
 def run_trial(config: dict, number: int, board, threads: int) -> dict:
     """Train one configuration. Returns {"status": complete | pruned | failed, ...}; a node that dies
     mid-trial surfaces as a Ray error, and Ray re-runs the task (max_retries)."""
-    import torch
-
-    from lrkv.workers.config import TrialConfig
-    from lrkv.workers.train import TrialDiverged, train
-
     torch.set_num_threads(max(1, threads))
     stop: list[str] = []
 
@@ -61,13 +70,8 @@ def run_trial(config: dict, number: int, board, threads: int) -> dict:
     started = time.time()
     try:
         record = train(TrialConfig.from_dict(config), report)
-    except TrialDiverged as exc:
-        return {"status": "failed", "reason": "nan", "detail": str(exc)}
-    except torch.OutOfMemoryError as exc:
-        return {"status": "failed", "reason": "oom", "detail": str(exc).splitlines()[0]}
-    except Exception as exc:  # reported, never lost: the sweep records it and goes on
-        return {"status": "failed", "reason": "error", "detail": f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc(limit=8)}
+    except Exception as exc:  # recorded with its reason, never lost: the sweep goes on
+        return {"status": "failed", **failure(exc)}
     record["trial_seconds"] = time.time() - started
     if record["stopped_early"]:  # a stop asked at the last evaluation changes nothing: the trial is complete
         return {"status": "pruned", "reason": stop[-1], "record": record}

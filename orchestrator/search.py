@@ -7,6 +7,8 @@ are enqueued first, so every front has them whatever the sampler does.
 """
 from __future__ import annotations
 
+import warnings
+
 import optuna
 
 from lrkv.workers.config import TrialConfig
@@ -24,8 +26,10 @@ def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
         return optuna.samplers.NSGAIISampler(seed=s.seed, population_size=max(4, spec.budget.concurrency * 2))
     if s.kind == "gp":
         return optuna.samplers.GPSampler(seed=s.seed, n_startup_trials=s.startup_trials)
-    return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.startup_trials, multivariate=True,
-                                      group=True, constant_liar=True)
+    with warnings.catch_warnings():  # `group` is marked experimental; it is what conditional spaces need
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.startup_trials, multivariate=True,
+                                          group=True, constant_liar=True)
 
 
 def suggest(trial: optuna.Trial, spec: SweepSpec) -> dict:

@@ -290,7 +290,7 @@ class SweepSpec(Strict):
 
 def _spec_path(trial_field: str, size_index: int) -> str:
     """Map a TrialConfig field path back to where the user wrote it in the spec."""
-    head, _, rest = trial_field.partition(".")
+    head = trial_field.partition(".")[0]
     if trial_field.endswith("n_kv_heads"):
         return "baselines"
     if head == "model":

@@ -51,11 +51,16 @@ class Tracker:
         return run.info.run_id
 
     def start_child(self, parent_id: str, number: int, label: str, params: dict, config: dict, digest: str,
-                    run_id: str | None = None) -> str:
-        """Create the trial's run, or reopen `run_id` when the trial is a re-run of an interrupted one."""
+                    point: str) -> str:
+        """Create the trial's run, or reopen the run of the same point when this is a re-run of an
+        interrupted trial (found by its point tag, so even a run whose id was never saved is reused)."""
         tags = {"mlflow.parentRunId": parent_id, "optuna.trial_number": str(number), "lrkv.spec_digest": digest,
-                "lrkv.role": "trial", **{f"lrkv.{k}": str(v) for k, v in params.items()}}
-        if run_id:
+                "lrkv.role": "trial", "lrkv.point": point, **{f"lrkv.{k}": str(v) for k, v in params.items()}}
+        found = self.client.search_runs(
+            [self.experiment_id], f"tags.`lrkv.point` = '{point}' and tags.`mlflow.parentRunId` = '{parent_id}'",
+            max_results=1)
+        if found:
+            run_id = found[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
             for key, value in tags.items():
                 self.client.set_tag(run_id, key, value)

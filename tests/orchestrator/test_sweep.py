@@ -154,3 +154,27 @@ def test_driver_killed_then_resumed_loses_nothing(tmp_path):
     children = [r for r in runs if r.data.tags.get("lrkv.role") == "trial"]
     assert not [r for r in runs if r.info.status == "RUNNING"]
     assert len(children) == 6  # re-runs continued their run instead of adding one
+
+
+def test_cancel_stops_a_running_sweep(tmp_path):
+    spec = write_spec(tmp_path / "sweep.yaml", "stoppable", tokens=65536, trials=8, pruning={"enabled": False})
+    ws = tmp_path / "ws"
+    driver = subprocess.Popen([LRKV, "sweep", "run", str(spec), "--workspace", str(ws)], cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        time.sleep(1)
+        if (ws / "optuna.journal").exists() and any(
+                t.state == TrialState.RUNNING for t in load(ws, "stoppable").get_trials()):
+            break
+    done = lrkv("sweep", "cancel", "stoppable", "--workspace", str(ws), cwd=tmp_path)
+    assert done.returncode == 0
+    assert driver.wait(timeout=120) == 0
+    study = load(ws, "stoppable")
+    assert not [t for t in study.get_trials() if t.state == TrialState.RUNNING]
+    cancelled = [t for t in study.get_trials() if t.user_attrs.get("reason") == "cancelled"]
+    assert cancelled and all(t.state == TrialState.FAIL for t in cancelled)
+    assert len(launched(study)) < 8
+    client, runs = mlflow_runs(ws, "stoppable")
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    assert [r.info.status for r in runs if r.data.tags.get("lrkv.role") == "sweep"] == ["KILLED"]

@@ -1,0 +1,63 @@
+"""Trials that fail — out of memory, a NaN loss — are recorded with their reason and the sweep goes on;
+a size that ran out of memory is not tried again at the same or a larger parameter count."""
+import optuna
+import pytest
+import ray
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from lrkv.orchestrator.driver import SweepDriver
+from lrkv.orchestrator.spec import parse_spec
+from lrkv.orchestrator.stores import Stores
+
+from ..workers.conftest import CORPUS
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def spec_for(tmp_path, name, sizes, **extra):
+    return parse_spec({
+        "name": name, "objectives": {"val_bpb": "min", "kv_cache_bytes": "min"},
+        "space": {"sizes": sizes, "rank": {"fractions": [0.0, 0.5]}},
+        "budget": {"tokens_per_trial": 1024, "trials": 4, "concurrency": 1},
+        "data": {"source": str(CORPUS), "seq_len": 32, "cache_dir": str(tmp_path / "cache")},
+        "train": {"batch_size": 8, "eval_every": 2, "eval_blocks": 4, **extra.pop("train", {})}, **extra})
+
+
+def run(tmp_path, spec):
+    stores = Stores.resolve(tmp_path / "ws")
+    study = SweepDriver.create(spec, stores).run()
+    return study, MlflowClient(stores.tracking_uri)
+
+
+def test_out_of_memory_is_recorded_and_remembered(tmp_path):
+    tiny = {"name": "tiny", "d_model": 32, "n_layers": 1, "n_heads": 4}
+    huge = {"name": "huge", "d_model": 131072, "n_layers": 1, "n_heads": 1024}  # a 64 GiB weight
+    study, client = run(tmp_path, spec_for(tmp_path, "oom", [tiny, huge]))
+    by = {(t.params.get("size"), t.params.get("rank_frac")): t for t in study.get_trials() if t.params}
+    assert by[("tiny", 0.0)].state == by[("tiny", 0.5)].state == TrialState.COMPLETE
+    oom = by[("huge", 0.0)]
+    assert oom.state == TrialState.FAIL and oom.user_attrs["reason"] == "oom"
+    assert "can't allocate memory" in oom.user_attrs["detail"]
+    larger = by[("huge", 0.5)]  # more parameters at the same size: known infeasible, never run
+    assert larger.state == TrialState.FAIL and not larger.user_attrs.get("launched")
+    assert f"trial {oom.number}" in larger.user_attrs["reason"] and "out of memory" in larger.user_attrs["reason"]
+    run_ = client.get_run(oom.user_attrs["mlflow_run_id"])
+    assert run_.info.status == "FAILED" and run_.data.tags["lrkv.reason"] == "oom"
+
+
+def test_nan_loss_is_recorded_and_the_sweep_finishes(tmp_path):
+    tiny = {"name": "tiny", "d_model": 32, "n_layers": 1, "n_heads": 4}
+    spec = spec_for(tmp_path, "nan", [tiny], train={"lr": 1e30, "grad_clip": 1e30, "warmup_frac": 0.0})
+    study, client = run(tmp_path, spec)
+    ran = [t for t in study.get_trials() if t.user_attrs.get("launched")]
+    assert len(ran) == 2 and all(t.state == TrialState.FAIL for t in ran)
+    assert {t.user_attrs["reason"] for t in ran} == {"nan"}
+    assert all(client.get_run(t.user_attrs["mlflow_run_id"]).info.status == "FAILED" for t in ran)
+    parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
+    assert parent.info.status == "FINISHED"

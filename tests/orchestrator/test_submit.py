@@ -1,0 +1,82 @@
+"""`lrkv sweep submit` against a real Ray cluster (a head node with the job API, started here)."""
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+
+from .test_sweep import LRKV, load, write_spec
+
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """A Ray head with its dashboard (job API) on 127.0.0.1, token-authenticated as Ray clusters are."""
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    # The head's environment has the project's commands on PATH, as a cluster image would.
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    port, dash = free_port(), free_port()
+    head = subprocess.Popen(
+        [RAY, "start", "--head", "--block", f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+         "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats", "--memory=4000000000",
+         "--object-store-memory=200000000", f"--temp-dir={temp}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "head.log", "w"), start_new_session=True)
+    address = f"http://127.0.0.1:{dash}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", dash), timeout=1).close()
+            break
+        except OSError:
+            assert head.poll() is None, (tmp_path / "head.log").read_text()[-2000:]
+            time.sleep(0.5)
+    yield address, env
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_submit_returns_at_once_and_the_cluster_runs_the_sweep(tmp_path, ray_head):
+    address, env = ray_head
+    spec = write_spec(tmp_path / "sweep.yaml", "submitted", tokens=2048, trials=2)
+    ws = tmp_path / "ws"
+    started = time.time()
+    done = subprocess.run([LRKV, "sweep", "submit", str(spec), "--address", address, "--workspace", str(ws)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "submitted sweep submitted" in done.stdout
+    assert time.time() - started < 60  # it does not wait for the sweep
+    def job(*args):  # the Ray jobs CLI, with the cluster's token
+        return subprocess.run([RAY, "job", *args, "lrkv-submitted", "--address", address], env=env,
+                              capture_output=True, text=True, timeout=60).stdout.lower()
+
+    deadline = time.time() + 240
+    while time.time() < deadline and not any(s in job("status") for s in ("succeeded", "failed", "stopped")):
+        time.sleep(2)
+    assert "succeeded" in job("status"), job("logs")[-3000:]
+    complete = [t for t in load(ws, "submitted").get_trials() if t.state == TrialState.COMPLETE]
+    assert len(complete) == 2
+
+    again = subprocess.run([LRKV, "sweep", "submit", str(spec), "--address", address, "--workspace", str(ws)],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2
+    assert again.stderr.strip() == "error: name: expected a sweep name not yet submitted to this cluster, got 'submitted'"
