@@ -16,7 +16,7 @@ $(BIN)/lrkv: pyproject.toml
 install: $(BIN)/lrkv
 
 quickstart: install
-	$(BIN)/lrkv train
+	$(BIN)/lrkv sweep run sweeps/quickstart.yaml --if-exists resume
 
 test: install
 	$(BIN)/pytest -q

@@ -120,13 +120,25 @@ def _drive(driver) -> None:
 @sweep_app.command("run")
 @user_errors
 def sweep_run(spec_file: Path = typer.Argument(..., help="Sweep spec (YAML)."), workspace: Path | None = WorkspaceOpt,
-              storage: str | None = StorageOpt, tracking_uri: str | None = TrackingOpt, address: str | None = AddressOpt):
+              storage: str | None = StorageOpt, tracking_uri: str | None = TrackingOpt, address: str | None = AddressOpt,
+              if_exists: str = typer.Option("fail", help="When the sweep's name exists: fail, or resume it "
+                                                         "(only if its spec is the same).")):
     """Run a sweep to its end here (local Ray unless --address), with a live view."""
-    from lrkv.orchestrator.driver import SweepDriver
     from lrkv.orchestrator.spec import load_spec
-    spec = load_spec(spec_file)
+    if if_exists not in ("fail", "resume"):
+        raise ConfigError("--if-exists", "fail or resume", if_exists)
+    spec = load_spec(spec_file)  # before the heavy imports: a bad spec answers at once
+    from lrkv.orchestrator.driver import SweepDriver, open_study
     stores = _stores(workspace, storage, tracking_uri, spec)
-    _drive(SweepDriver.create(spec, stores, address=address or os.environ.get("RAY_ADDRESS")))
+    address = address or os.environ.get("RAY_ADDRESS")
+    if if_exists == "resume" and spec.name in _study_names(stores):
+        stored = open_study(stores, spec.name).user_attrs.get("digest")
+        if stored != spec.digest():
+            raise ConfigError(str(spec_file), f"the spec sweep {spec.name!r} was started with (digest {stored})",
+                              f"a changed spec (digest {spec.digest()}); give it a new name")
+        _drive(SweepDriver.resume(spec.name, stores, address=address))
+        return
+    _drive(SweepDriver.create(spec, stores, address=address))
 
 
 @sweep_app.command("submit")
@@ -258,6 +270,8 @@ def ui(workspace: Path | None = WorkspaceOpt, tracking_uri: str | None = Trackin
 
 def _study_names(stores) -> list[str]:
     import optuna
+    if stores.local and not Path(stores.study_url).exists():  # listing creates nothing
+        return []
     return sorted(s.study_name for s in optuna.get_all_study_summaries(stores.optuna_storage()))
 
 

@@ -14,6 +14,7 @@ import random
 import socket
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import optuna
 import ray
@@ -56,6 +57,8 @@ class Running:
 
 
 def open_study(stores: Stores, name: str) -> optuna.Study:
+    if stores.local and not Path(stores.study_url).exists():  # reading creates nothing
+        raise SweepError("name", f"an existing sweep in {redact(stores.study_url)}", name)
     try:
         return optuna.load_study(study_name=name, storage=stores.optuna_storage())
     except KeyError:

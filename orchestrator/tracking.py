@@ -21,7 +21,7 @@ logging.getLogger("alembic").setLevel(logging.WARNING)
 # Final metrics copied from the worker's record onto the child run.
 FINAL_METRICS = ("val_bpb", "train_loss", "tokens", "steps", "wall_seconds", "train_seconds", "tokens_per_s", "mfu",
                  "peak_memory_bytes", "kv_cache_bytes_per_token", "kv_cache_ratio_vs_mha", "flops_per_token",
-                 "params", "head_eff_rank", "head_eff_rank_frac", "trial_seconds")
+                 "params", "head_eff_rank", "head_eff_rank_frac", "trial_seconds", "gpu_util_mean")
 STATUS = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
 
 

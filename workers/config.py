@@ -81,4 +81,5 @@ def config_error(exc: ValidationError, prefix: str = "") -> ConfigError:
         return ConfigError(where, "a value (required)", None)
     if err["type"] == "extra_forbidden":
         return ConfigError(where, "no such field", err.get("input"))
-    return ConfigError(where, err["msg"].removeprefix("Value error, ").lower(), err.get("input"))
+    msg = err["msg"].removeprefix("Value error, ")
+    return ConfigError(where, msg[:1].lower() + msg[1:], err.get("input"))

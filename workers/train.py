@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import resource
 import sys
+import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -25,6 +26,34 @@ Report = Callable[[int, dict], "bool | None"]
 # Dense bf16 tensor-core peaks (FLOP/s) for MFU; unknown cards report no MFU rather than a guess.
 WARMUP_STEPS = 3  # left out of tokens/s
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
+
+
+class GpuSampler:
+    """Samples the card's utilisation (NVML, through torch) twice a second while training runs:
+    the system metric a sweep logs beside each trial. Shared cards report the whole card."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.samples = device, []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True) if device.type == "cuda" else None
+
+    def _run(self) -> None:
+        while not self.done.wait(0.5):
+            try:
+                self.samples.append(torch.cuda.utilization(self.device))
+            except Exception:  # no NVML: no samples, never a failed trial
+                return
+
+    def __enter__(self):
+        if self.thread:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+
+    def mean(self) -> float | None:
+        return sum(self.samples) / len(self.samples) if self.samples else None
 
 
 class TrialDiverged(RuntimeError):
@@ -117,7 +146,8 @@ def train(config: TrialConfig, report: Report | None = None, progress: bool = Fa
     step = 0
 
     bar = TrainProgress(steps) if progress else None
-    with bar or nullcontext():
+    gpu = GpuSampler(device)
+    with bar or nullcontext(), gpu:
         for step in range(1, steps + 1):
             t0 = time.perf_counter()
             idx = torch.randint(len(data.train), (cfg.batch_size,), generator=sampler)
@@ -167,6 +197,7 @@ def train(config: TrialConfig, report: Report | None = None, progress: bool = Fa
         "tokens_per_s": tokens_per_s,
         "mfu": flops_per_token * tokens_per_s / peak if peak else None,
         "peak_memory_bytes": peak_memory_bytes(device),
+        "gpu_util_mean": gpu.mean(),
         "kv_cache_bytes_per_token": config.model.kv_cache_bytes_per_token(torch.bfloat16),
         "kv_cache_ratio_vs_mha": config.model.attention.cache_ratio_vs_mha(),
         "flops_per_token": flops_per_token,
