@@ -18,8 +18,10 @@ from pathlib import Path
 
 import optuna
 import ray
+import sqlalchemy.exc
 from optuna.trial import TrialState
 
+from lrkv.dashboards.report import log_front
 from lrkv.kernels import ConfigError
 from lrkv.workers.config import TrialConfig
 from lrkv.workers.data import load_blocks
@@ -31,9 +33,14 @@ from .stores import Stores, redact
 from .tracking import Tracker
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-logging.getLogger("mlflow").setLevel(logging.WARNING)
+logging.getLogger("mlflow").setLevel(logging.ERROR)
+log = logging.getLogger("lrkv.driver")
+# A down tracking server must cost seconds, not MLflow's default minutes of retries per call.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 HEARTBEAT_SECONDS = 10
 STALE_AFTER = 3 * HEARTBEAT_SECONDS
+SYNC_SECONDS = 15  # how often a driver retries an unreachable MLflow
 MAX_IDLE_PROPOSALS = 64  # consecutive proposals that add nothing new before the space counts as exhausted
 
 
@@ -50,7 +57,6 @@ class Running:
     params: dict
     key: str
     config: TrialConfig
-    run_id: str
     costs: dict
     started: float = field(default_factory=time.time)
     latest: dict = field(default_factory=dict)
@@ -65,6 +71,16 @@ def open_study(stores: Stores, name: str) -> optuna.Study:
         raise SweepError("name", f"an existing sweep in {redact(stores.study_url)}", name) from None
 
 
+def connect_tracker(stores: Stores, sweep: str) -> Tracker:
+    """The sweep's MLflow experiment; a tracking store that cannot be reached at start is bad input."""
+    try:
+        return Tracker(stores.tracking_uri, sweep, stores.artifact_root)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise SweepError("--tracking-uri", "a reachable MLflow tracking store",
+                         f"{redact(stores.tracking_uri)} ({type(exc).__name__}: {redact(first)})") from None
+
+
 def study_spec(study: optuna.Study) -> SweepSpec:
     return parse_spec(study.user_attrs["spec"], source=f"study {study.study_name}")
 
@@ -76,34 +92,39 @@ def counted(trial: optuna.trial.FrozenTrial) -> bool:
 
 class SweepDriver:
     def __init__(self, study: optuna.Study, spec: SweepSpec, stores: Stores, address: str | None = None,
-                 view=None):
+                 view=None, tracker: Tracker | None = None):
         self.study, self.spec, self.stores, self.address, self.view = study, spec, stores, address, view
         self.storage = study._storage
-        self.tracker = Tracker(stores.tracking_uri, spec.name, stores.artifact_root)
+        self.tracker = tracker or connect_tracker(stores, spec.name)
         self.active: dict[ray.ObjectRef, Running] = {}
         self.exhausted = False
         self.rng = random.Random(spec.sampler.seed)
         self.last_beat = 0.0
+        self.mlflow_down_since: float | None = None  # MLflow is derived from the study: it may lag, never lose
+        self.last_sync = 0.0
+        self.gap = 0  # trials the study has and MLflow lacks when the sweep ended
 
     # -- lifecycle ----------------------------------------------------------------------------------
     @classmethod
     def create(cls, spec: SweepSpec, stores: Stores, **kw) -> SweepDriver:
         """A new sweep: the study, its parent run and its reference points. Fails if the name exists."""
         vocab = load_blocks(spec.data_config()).vocab_size  # bad data fails here, before any store is written
+        storage = stores.optuna_storage()  # an unreachable database fails here, before anything is written
         stores.prepare()
+        tracker = connect_tracker(stores, spec.name)
         try:
-            study = optuna.create_study(study_name=spec.name, storage=stores.optuna_storage(),
+            study = optuna.create_study(study_name=spec.name, storage=storage,
                                         directions=spec.directions, sampler=search.make_sampler(spec))
         except optuna.exceptions.DuplicatedStudyError:
             raise SweepError("name", f"a sweep name not yet in {redact(stores.study_url)} "
                                      f"(resume it with `lrkv sweep resume {spec.name}`)", spec.name) from None
-        study.set_user_attr("spec", spec.model_dump(mode="json"))
+        study.set_user_attr("spec", spec.model_dump(mode="json", exclude={"storage"}))  # no credentials in the study
         study.set_user_attr("digest", spec.digest())
         study.set_user_attr("vocab_size", vocab)
-        driver = cls(study, spec, stores, **kw)
+        driver = cls(study, spec, stores, tracker=tracker, **kw)
         driver.claim()
-        study.set_user_attr("mlflow_parent_run_id",
-                            driver.tracker.start_parent(spec.name, spec.model_dump(mode="json"), spec.digest()))
+        study.set_user_attr("mlflow_parent_run_id", driver.tracker.start_parent(
+            spec.name, spec.model_dump(mode="json", exclude={"storage"}), spec.digest()))
         return driver
 
     @classmethod
@@ -176,12 +197,25 @@ class SweepDriver:
             raise
         if cancelled:
             self._abandon("cancelled")
-        parent = self.study.user_attrs["mlflow_parent_run_id"]
-        from lrkv.dashboards.report import log_front
-        log_front(self.study, self.tracker, parent)
-        self.tracker.finish_parent(parent, "KILLED" if cancelled else "FINISHED")
+        self.finish_mlflow("KILLED" if cancelled else "FINISHED")
         self.study.set_user_attr("driver", None)
         return self.study
+
+    def finish_mlflow(self, status: str, patience: float = 60.0) -> None:
+        """Bring MLflow level with the study (waiting up to `patience` seconds for it to come back),
+        then close the parent run; if it stays away, say what is missing and how to fill it in later."""
+        deadline = time.time() + patience
+        while (missing := self.sync_mlflow(force=True)) and time.time() < deadline:
+            time.sleep(5)
+        if missing:
+            self.gap = missing
+            log.warning("MLflow at %s is unreachable: %d trial(s) are in the study but not in MLflow; "
+                        "run `lrkv sweep sync %s` when it is back", redact(self.stores.tracking_uri), missing,
+                        self.spec.name)
+            return
+        parent = self.study.user_attrs["mlflow_parent_run_id"]
+        log_front(self.study, self.tracker, parent)
+        self.tracker.finish_parent(parent, status)
 
     def _connect(self) -> None:
         if ray.is_initialized():
@@ -261,18 +295,20 @@ class SweepDriver:
         return True
 
     def _start(self, trial: optuna.Trial, params: dict, key: str, config: TrialConfig, costs: dict) -> None:
-        run_id = self.tracker.start_child(self.study.user_attrs["mlflow_parent_run_id"], trial.number,
-                                          config.model.attention.label, params, config.to_dict(),
-                                          self.spec.digest(), hashlib.sha1(key.encode()).hexdigest()[:16])
-        for name, value in {"launched": True, "mlflow_run_id": run_id, "costs": costs,
+        point = hashlib.sha1(key.encode()).hexdigest()[:16]
+        for name, value in {"launched": True, "costs": costs, "point": point,
                             "label": config.model.attention.label, "config": config.to_dict()}.items():
             trial.set_user_attr(name, value)
+        run_id = self._mlflow(self.tracker.start_child, self.study.user_attrs["mlflow_parent_run_id"], trial.number,
+                              config.model.attention.label, params, config.to_dict(), self.spec.digest(), point)
+        if run_id:
+            trial.set_user_attr("mlflow_run_id", run_id)
         ray.get(self.board.register.remote(trial.number, params["size"], self._cost_tuple(costs)))
         res = self.spec.resources
         ref = run_trial.options(num_cpus=res.cpus_per_trial, num_gpus=res.gpus_per_trial,
                                 max_retries=res.max_retries, retry_exceptions=False).remote(
             config.to_dict(), trial.number, self.board, int(res.cpus_per_trial))
-        self.active[ref] = Running(trial, params, key, config, run_id, costs)
+        self.active[ref] = Running(trial, params, key, config, costs)
 
     def _finish(self, ref: ray.ObjectRef) -> None:
         running = self.active.pop(ref)
@@ -296,13 +332,47 @@ class SweepDriver:
         values = None
         if record:
             trial.set_user_attr("curve", [[p["tokens"], p["val_bpb"]] for p in record["curve"]])
-            trial.set_user_attr("record", {k: v for k, v in record.items() if k not in ("curve",)})
+            trial.set_user_attr("record", record)
             values = {name: record[OBJECTIVES[name]] for name in self.spec.objectives}
+        # The study first: it is the truth. MLflow follows, now or (if it is down) when it returns.
         if status == "complete":
             self.study.tell(trial, [values[name] for name in self.spec.objectives])
         else:
             self.study.tell(trial, state=TrialState.PRUNED if status == "pruned" else TrialState.FAIL)
-        self.tracker.finish_child(running.run_id, status, record, reason, values)
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id and self.mlflow_down_since is None:
+            self._mlflow(self.tracker.finish_child, run_id, status, record, reason, values)
+        else:
+            self.sync_mlflow()
+        self._mlflow(log_front, self.study, self.tracker, self.study.user_attrs["mlflow_parent_run_id"])
+
+    def _mlflow(self, fn, *args):
+        """Call MLflow; if it is unreachable, note it and go on (the study keeps everything)."""
+        try:
+            result = fn(*args)
+        except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError):
+            raise  # the study's storage, not MLflow: it has already been retried
+        except Exception as exc:
+            if self.mlflow_down_since is None:
+                self.mlflow_down_since = time.time()
+                log.warning("MLflow unreachable (%s: %s); results stay in the study and are logged when it returns",
+                            type(exc).__name__, redact(str(exc).splitlines()[0] if str(exc) else "")[:200])
+            return None
+        return result
+
+    def sync_mlflow(self, force: bool = False) -> int:
+        """Log every finished trial MLflow lacks (or still shows RUNNING), from the study's own records.
+        Returns how many trials are still missing (0 when MLflow is complete)."""
+        if not force and time.time() - self.last_sync < SYNC_SECONDS:
+            return -1
+        self.last_sync = time.time()
+        try:
+            missing = self.tracker.sync(self.study, self.spec)
+        except Exception:
+            self.mlflow_down_since = self.mlflow_down_since or time.time()
+            return len([t for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get("launched")])
+        self.mlflow_down_since = None
+        return missing
 
     def _abandon(self, reason: str) -> None:
         """Cancel what still runs and record it, so no trial or run is left RUNNING by this driver."""

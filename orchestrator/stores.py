@@ -9,14 +9,22 @@ For a cluster, any SQLAlchemy URL (PostgreSQL) and an MLflow tracking URI take t
 """
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+import sqlalchemy.exc
+
+from lrkv.kernels import ConfigError
 
 DEFAULT_WORKSPACE = "lrkv-runs"
+RETRY_SECONDS = 300  # how long a store call keeps retrying while the database restarts
+log = logging.getLogger("lrkv.stores")
 
 
 @dataclass(frozen=True)
@@ -46,8 +54,11 @@ class Stores:
             Path(self.study_url).parent.mkdir(parents=True, exist_ok=True)
             return optuna.storages.JournalStorage(
                 JournalFileBackend(self.study_url, lock_obj=JournalFileOpenLock(self.study_url)))
-        return optuna.storages.RDBStorage(self.study_url, heartbeat_interval=None,
-                                          engine_kwargs={"pool_pre_ping": True})
+        try:
+            return ResilientRDBStorage(self.study_url, engine_kwargs={"pool_pre_ping": True})
+        except Exception as exc:  # unreachable, bad credentials, unknown dialect: one line, password hidden
+            raise ConfigError("--storage", "a reachable database (SQLAlchemy URL) or a journal file path",
+                              f"{redact(self.study_url)} ({type(exc).__name__}: {_first_line(exc)})") from None
 
     @property
     def artifact_root(self) -> str | None:
@@ -66,3 +77,48 @@ class Stores:
 def redact(url: str) -> str:
     """A URL with its password replaced, for messages and logs."""
     return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def _first_line(exc: BaseException) -> str:
+    return redact((str(exc).strip().splitlines() or [""])[0])[:200]
+
+
+def _transient(exc: BaseException) -> bool:
+    """A lost connection (the database restarting), as opposed to a wrong query or a conflict."""
+    for e in (exc, exc.__cause__, exc.__context__):
+        if isinstance(e, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+            return True
+        if isinstance(e, sqlalchemy.exc.DBAPIError) and e.connection_invalidated:
+            return True
+    return False
+
+
+def _retrying(method):
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        delay, deadline = 0.5, time.monotonic() + RETRY_SECONDS
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as exc:
+                if not _transient(exc) or time.monotonic() > deadline:
+                    raise
+                log.warning("study storage unreachable (%s); retrying in %.1f s", _first_line(exc), delay)
+                time.sleep(delay)
+                delay = min(2 * delay, 8.0)
+    return call
+
+
+class ResilientRDBStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage whose calls survive the database restarting: a lost connection is retried
+    with exponential backoff (up to RETRY_SECONDS), so a sweep rides out a PostgreSQL restart."""
+
+
+# Every call that is one whole transaction: the public API and the private ones Optuna's cache layer
+# calls (helpers that run inside another call's transaction must not be retried on their own).
+_WHOLE_CALLS = ("_create_new_trial", "_get_trials", "_set_trial_param", "_get_best_trial_id", "_get_stale_trial_ids")
+for _name, _fn in vars(optuna.storages.RDBStorage).items():
+    if isinstance(_fn, (staticmethod, classmethod)) or not callable(_fn):
+        continue
+    if not _name.startswith("_") or _name in _WHOLE_CALLS:
+        setattr(ResilientRDBStorage, _name, _retrying(_fn))

@@ -45,9 +45,9 @@ class Tracker:
     def start_parent(self, sweep: str, spec: dict, digest: str) -> str:
         run = self.client.create_run(self.experiment_id, run_name=sweep,
                                      tags={"lrkv.sweep": sweep, "lrkv.spec_digest": digest, "lrkv.role": "sweep"})
-        params = flatten({k: v for k, v in spec.items() if k != "storage"})
-        self._params(run.info.run_id, params)
-        self.client.log_text(run.info.run_id, json.dumps(spec, indent=1), "spec.json")
+        public = {k: v for k, v in spec.items() if k != "storage"}  # store URLs may hold credentials
+        self._params(run.info.run_id, flatten(public))
+        self.client.log_text(run.info.run_id, json.dumps(public, indent=1), "spec.json")
         return run.info.run_id
 
     def start_child(self, parent_id: str, number: int, label: str, params: dict, config: dict, digest: str,
@@ -86,9 +86,34 @@ class Tracker:
         self.client.log_batch(run_id, tags=tags)
         self.client.set_terminated(run_id, STATUS[status])
 
-    def fail_stale(self, run_id: str, reason: str) -> None:
-        self.client.set_tag(run_id, "lrkv.reason", reason)
-        self.client.set_terminated(run_id, "FAILED")
+    def sync(self, study, spec) -> int:
+        """Make MLflow agree with the study: every finished trial gets its run, complete and terminated.
+        Everything comes from the study (config, record, curve), so MLflow can lag behind (a server
+        outage) without losing anything. Returns the number of trials still missing: 0."""
+        from optuna.trial import TrialState
+        parent = study.user_attrs["mlflow_parent_run_id"]
+        runs = {r.data.tags.get("lrkv.point"): r for r in self.client.search_runs(
+            [self.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=50000)}
+        state = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
+        trials = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("launched")]
+        live_points = {t.user_attrs["point"] for t in trials if not t.user_attrs.get("requeued")}
+        for t in trials:
+            point, run = t.user_attrs["point"], runs.get(t.user_attrs["point"])
+            if t.user_attrs.get("requeued"):
+                if run and run.info.status == "RUNNING" and point not in live_points:
+                    self.client.set_tag(run.info.run_id, "lrkv.reason", t.user_attrs.get("reason", "interrupted"))
+                    self.client.set_terminated(run.info.run_id, "FAILED")
+                continue
+            if t.state not in state:
+                continue  # still running: its run is open, as it should be
+            status = state[t.state]
+            if run and run.info.status == STATUS[status] and run.data.tags.get("optuna.trial_number") == str(t.number):
+                continue
+            run_id = self.start_child(parent, t.number, t.user_attrs["label"], t.params, t.user_attrs["config"],
+                                      study.user_attrs["digest"], point)
+            values = dict(zip(spec.objectives, t.values)) if t.state == TrialState.COMPLETE else None
+            self.finish_child(run_id, status, t.user_attrs.get("record"), t.user_attrs.get("reason"), values)
+        return 0
 
     def finish_parent(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)
