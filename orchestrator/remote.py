@@ -73,6 +73,7 @@ def run_trial(config: dict, number: int, board, threads: int) -> dict:
     except Exception as exc:  # recorded with its reason, never lost: the sweep goes on
         return {"status": "failed", **failure(exc)}
     record["trial_seconds"] = time.time() - started
+    record["started_at"] = started  # wall clock of the attempt that produced this record (retries start later)
     if record["stopped_early"]:  # a stop asked at the last evaluation changes nothing: the trial is complete
         return {"status": "pruned", "reason": stop[-1], "record": record}
     return {"status": "complete", "reason": None, "record": record}

@@ -48,8 +48,16 @@ def stores(ws: Path) -> Stores:
     return Stores.resolve(ws)
 
 
-def load(ws: Path, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=stores(ws).optuna_storage())
+def load(ws: Path, name: str, wait: float = 30) -> optuna.Study:
+    """The sweep's study, waiting briefly for a driver that is still creating it."""
+    deadline = time.time() + wait
+    while True:
+        try:
+            return optuna.load_study(study_name=name, storage=stores(ws).optuna_storage())
+        except KeyError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def mlflow_runs(ws: Path, name: str):
