@@ -74,7 +74,8 @@ def open_study(stores: Stores, name: str) -> optuna.Study:
 def connect_tracker(stores: Stores, sweep: str) -> Tracker:
     """The sweep's MLflow experiment; a tracking store that cannot be reached at start is bad input."""
     try:
-        return Tracker(stores.tracking_uri, sweep, stores.artifact_root)
+        with stores.tracking_lock():
+            return Tracker(stores.tracking_uri, sweep, stores.artifact_root)
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [""])[0][:160]
         raise SweepError("--tracking-uri", "a reachable MLflow tracking store",

@@ -9,6 +9,8 @@ For a cluster, any SQLAlchemy URL (PostgreSQL) and an MLflow tracking URI take t
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import logging
 import os
@@ -67,6 +69,22 @@ class Stores:
         if self.tracking_uri.startswith("sqlite:///"):
             return (Path(self.tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
         return None
+
+    @contextlib.contextmanager
+    def tracking_lock(self):
+        """Serialise opening a local MLflow SQLite store: its first open runs schema migrations,
+        which fail when several drivers start at once on a fresh workspace."""
+        if not self.tracking_uri.startswith("sqlite:///"):
+            yield
+            return
+        lock = Path(self.tracking_uri.removeprefix("sqlite:///")).with_suffix(".lock")
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def prepare(self) -> None:
         """Create the workspace folder the local stores live in (only when a sweep starts)."""

@@ -186,3 +186,26 @@ def test_cancel_stops_a_running_sweep(tmp_path):
     client, runs = mlflow_runs(ws, "stoppable")
     assert not [r for r in runs if r.info.status == "RUNNING"]
     assert [r.info.status for r in runs if r.data.tags.get("lrkv.role") == "sweep"] == ["KILLED"]
+
+
+def test_same_name_at_once_one_wins_and_other_sweeps_stay_apart(tmp_path):
+    """Two drivers race for one name: one runs, the other gets one line and exit 2. A third sweep of
+    another name shares the same stores (and the machine) at the same time without mixing runs."""
+    ws = tmp_path / "ws"
+    first = write_spec(tmp_path / "a.yaml", "contested", trials=2)
+    second = write_spec(tmp_path / "b.yaml", "contested", trials=2)
+    other = write_spec(tmp_path / "c.yaml", "neighbour", trials=2)
+    procs = [subprocess.Popen([LRKV, "sweep", "run", str(s), "--workspace", str(ws)], cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for s in (first, second, other)]
+    codes = [p.wait(timeout=600) for p in procs]
+    errors = [p.stderr.read() for p in procs]
+    assert sorted(codes[:2]) == [0, 2], errors
+    loser = errors[codes.index(2)].strip().splitlines()
+    assert len(loser) == 1 and loser[0].startswith("error: name: expected a sweep name not yet in"), loser
+    assert codes[2] == 0, errors[2][-2000:]
+    for name in ("contested", "neighbour"):
+        study = load(ws, name)
+        assert len(launched(study)) == 2
+        _, runs = mlflow_runs(ws, name)  # each sweep's runs live in its own experiment
+        children = [r for r in runs if r.data.tags.get("lrkv.role") == "trial"]
+        assert {r.info.run_id for r in children} == {t.user_attrs["mlflow_run_id"] for t in launched(study)}
