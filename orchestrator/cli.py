@@ -107,13 +107,17 @@ def _stores(workspace, storage, tracking_uri, spec=None):
 
 
 def _drive(driver) -> None:
+    from lrkv.orchestrator.stores import redact
     from lrkv.orchestrator.view import SweepView, front_tables
     with SweepView(console) as view:
         driver.view = view
         study = driver.run()
     for table in front_tables(study):
         console.print(table)
-    console.print(f"MLflow: [bold]lrkv ui[/] (or mlflow ui --backend-store-uri {driver.stores.tracking_uri}) → "
+    if driver.gap:
+        console.print(f"[yellow]MLflow lacks {driver.gap} trial(s) of this sweep (the study has them): "
+                      f"run `lrkv sweep sync {study.study_name}` when {redact(driver.stores.tracking_uri)} is back")
+    console.print(f"MLflow: [bold]lrkv ui[/] (or mlflow ui --backend-store-uri {redact(driver.stores.tracking_uri)}) → "
                   f"experiment [bold]{study.study_name}[/], parent run {study.user_attrs['mlflow_parent_run_id']}")
 
 
@@ -236,6 +240,25 @@ def sweep_cancel(name: str, workspace: Path | None = WorkspaceOpt, storage: str 
     study = open_study(_stores(workspace, storage, None), name)
     study.set_user_attr("cancel_requested", time.time())
     console.print(f"cancel requested for {name}")
+
+
+@sweep_app.command("sync")
+@user_errors
+def sweep_sync(name: str, workspace: Path | None = WorkspaceOpt, storage: str | None = StorageOpt,
+               tracking_uri: str | None = TrackingOpt):
+    """Log to MLflow every finished trial it lacks (after a tracking-server outage), from the study."""
+    from lrkv.dashboards.report import log_front
+    from lrkv.orchestrator.driver import open_study, study_spec
+    from lrkv.orchestrator.tracking import Tracker
+    stores = _stores(workspace, storage, tracking_uri)
+    study = open_study(stores, name)
+    tracker = Tracker(stores.tracking_uri, name, stores.artifact_root)
+    tracker.sync(study, study_spec(study))
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    log_front(study, tracker, parent)
+    if not study.user_attrs.get("driver"):  # the sweep has ended: its parent run may close
+        tracker.finish_parent(parent, "FINISHED")
+    console.print(f"MLflow holds every finished trial of {name}")
 
 
 @app.command()
@@ -370,6 +393,107 @@ def metrics_table(record: dict, title: str) -> Table:
     for name, value in rows:
         table.add_row(name, value)
     return table
+
+
+REFUSED = 3  # `lrkv recommend`'s exit code when the evidence is too thin to answer
+
+
+@app.command()
+@user_errors
+def recommend(
+    d_model: int = typer.Option(..., "--d-model", help="Model width of the size asked about."),
+    n_layers: int = typer.Option(..., "--n-layers", help="Layers."),
+    n_heads: int = typer.Option(..., "--n-heads", help="Query heads."),
+    head_dim: int | None = typer.Option(None, "--head-dim", help="Head dimension d_h (default d_model / n_heads)."),
+    cache_budget: float | None = typer.Option(None, "--cache-budget",
+                                              help="Largest KV cache allowed, as a fraction of MHA's, in (0, 1]."),
+    tolerance: float = typer.Option(0.02, "--tolerance", help="Largest validation-loss gap allowed, bits per byte."),
+    against: str = typer.Option("best", "--against", help="The loss to be within tolerance of: best (any variant "
+                                                          "at that size) or mha."),
+    sweeps: list[str] | None = typer.Option(None, "--from", help="A sweep to learn from; repeat the flag for "
+                                                                 "several. Default: every sweep in the storage."),
+    workspace: Path | None = WorkspaceOpt, storage: str | None = StorageOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print the answer as a JSON object."),
+):
+    """The smallest LRKV rank for a model size whose validation loss is within the tolerance of the best
+    (or of MHA) under an optional cache budget: measured directly for a swept size, fitted across the
+    swept sizes for another, with its uncertainty and the runs behind it. When the evidence is too thin
+    it says so and names the sweep that would settle it (exit code 3)."""
+    from lrkv.dashboards.recommend import Query, points_from_study
+    from lrkv.dashboards.recommend import recommend as answer
+    from lrkv.orchestrator.driver import open_study
+    from lrkv.orchestrator.stores import redact
+    try:
+        query = Query(d_model, n_layers, n_heads, head_dim, cache_budget, tolerance, against)
+    except ConfigError as exc:  # the query's fields are the command's flags
+        raise ConfigError(f"--{exc.field.replace('_', '-')}", exc.expected, exc.got) from None
+    stores = _stores(workspace, storage, None)
+    names = _study_names(stores)
+    for name in sweeps or []:
+        if name not in names:
+            known = ", ".join(names) or "none yet"
+            raise ConfigError("--from", f"a sweep in {redact(stores.study_url)} ({known})", name)
+    points = [p for name in (sweeps or names) for p in points_from_study(open_study(stores, name))]
+    result = answer(points, query)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), default=str))
+    else:
+        _print_recommendation(result, query)
+    if result.status == "thin":
+        raise typer.Exit(REFUSED)
+
+
+def _print_recommendation(result, query) -> None:
+    size = f"d_model {query.d_model} · {query.n_layers} layers · {query.n_heads} heads (d_h {query.head_dim})"
+    budget = f" under {query.cache_budget:g} of MHA's cache" if query.cache_budget is not None else ""
+    ref = "the best variant" if query.against == "best" else "MHA"
+    if result.status == "ok":
+        console.print(f"[bold]r = {result.rank}[/] (r/d_h = {result.rank_frac:.3g}, KV cache "
+                      f"{result.cache_fraction:.3f} of MHA's) for {size}: the smallest rank within "
+                      f"{query.tolerance} bpb of {ref}{budget}")
+        lo, hi = result.rank_interval
+        if result.method == "direct":
+            noise = "" if result.gap_se is None else f" ± {result.gap_se:.4f} (run-to-run noise, from the fit)"
+            console.print(f"measured: gap {result.gap:+.4f} bpb{noise}; the sweep brackets the rank to {lo}..{hi}")
+        else:
+            low, high = result.gap_interval
+            console.print(f"fitted across {len(result.fit['sizes'])} swept sizes: gap {result.gap:+.4f} "
+                          f"± {result.gap_se:.4f} bpb (95 %: {low:+.4f}..{high:+.4f}); rank {lo}..{hi} at 95 %")
+    elif result.status == "none":
+        console.print(f"[bold]no rank[/] for {size}{budget}: {result.reason}")
+    else:
+        console.print(f"[bold]not enough evidence[/] for {size}: {result.reason}")
+        if result.suggestion:
+            console.print(f"to settle it ({result.suggestion['why']}), add to a sweep spec:")
+            console.print(result.suggestion["yaml"], markup=False, highlight=False)
+    for warning in result.warnings:
+        console.print(f"[yellow]note:[/] {warning}")
+    if result.supporting:
+        table = Table("sweep", "size", "trial", "variant", "val bpb", "gap", "role", "MLflow run",
+                      title="runs behind it", title_justify="left")
+        for s in result.supporting:
+            table.add_row(s["sweep"], s["size"], str(s["trial"]), s["label"], f"{s['val_bpb']:.4f}",
+                          "—" if s["gap"] is None else f"{s['gap']:+.4f}", s["role"], s["run_id"] or "—")
+        console.print(table)
+
+
+@app.command()
+@user_errors
+def dashboard(workspace: Path | None = WorkspaceOpt, storage: str | None = StorageOpt,
+              host: str = typer.Option("127.0.0.1", help="Interface to bind (local only by default)."),
+              port: int = typer.Option(8080)):
+    """Start optuna-dashboard on the sweeps' Optuna storage (needs `pip install 'lrkv-sweep[dashboard]'`)."""
+    try:
+        import optuna_dashboard
+    except ImportError:
+        raise ConfigError("dashboard", "optuna-dashboard installed (pip install 'lrkv-sweep[dashboard]')",
+                          "not installed") from None
+    from lrkv.orchestrator.stores import redact
+    stores = _stores(workspace, storage, None)
+    if stores.local and not Path(stores.study_url).exists():  # reading creates nothing
+        raise ConfigError("--workspace", "a workspace with sweeps (run one first)", str(stores.study_url))
+    console.print(f"optuna-dashboard on http://{host}:{port} ← {redact(stores.study_url)}")
+    optuna_dashboard.run_server(stores.optuna_storage(), host=host, port=port)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from lrkv.workers.config import TrialConfig
 from lrkv.workers.data import load_blocks
 
 from . import search
-from .remote import ReportBoard, run_trial
+from .remote import ReportBoard, run_trial, run_trial_fresh_worker
 from .spec import OBJECTIVES, SweepSpec, parse_spec
 from .stores import Stores, redact
 from .tracking import Tracker
@@ -109,6 +109,8 @@ class SweepDriver:
     @classmethod
     def create(cls, spec: SweepSpec, stores: Stores, **kw) -> SweepDriver:
         """A new sweep: the study, its parent run and its reference points. Fails if the name exists."""
+        if spec.sampler.kind == "grid" and search.finite_points(spec) is None:
+            raise SweepError("sampler.kind", "a sampler other than grid for a space with an lr range", "grid")
         vocab = load_blocks(spec.data_config()).vocab_size  # bad data fails here, before any store is written
         storage = stores.optuna_storage()  # an unreachable database fails here, before anything is written
         stores.prepare()
@@ -279,6 +281,10 @@ class SweepDriver:
         for params in search.references(self.spec):
             if search.point_key(params) not in seen:
                 return params, {}
+        if self.spec.sampler.kind == "grid":  # exhaustive: every point, in the space's own order
+            for params in search.finite_points(self.spec):
+                if search.point_key(params) not in seen:
+                    return params, {}
         return None
 
     def _enqueue_unexplored(self, seen: set[str]) -> bool:
@@ -304,10 +310,13 @@ class SweepDriver:
                               config.model.attention.label, params, config.to_dict(), self.spec.digest(), point)
         if run_id:
             trial.set_user_attr("mlflow_run_id", run_id)
-        ray.get(self.board.register.remote(trial.number, params["size"], self._cost_tuple(costs)))
+        # References (baselines, anchors) always finish: every front and recommendation compares to them.
+        reference = key in {search.point_key(p) for p in search.references(self.spec)}
+        ray.get(self.board.register.remote(trial.number, params["size"], self._cost_tuple(costs), protected=reference))
         res = self.spec.resources
-        ref = run_trial.options(num_cpus=res.cpus_per_trial, num_gpus=res.gpus_per_trial,
-                                max_retries=res.max_retries, retry_exceptions=False).remote(
+        task = run_trial_fresh_worker if res.gpus_per_trial else run_trial
+        ref = task.options(num_cpus=res.cpus_per_trial, num_gpus=res.gpus_per_trial,
+                           max_retries=res.max_retries, retry_exceptions=False).remote(
             config.to_dict(), trial.number, self.board, int(res.cpus_per_trial))
         self.active[ref] = Running(trial, params, key, config, costs)
 

@@ -24,9 +24,13 @@ class ReportBoard:
         self.margin, self.grace_tokens, self.enabled = margin, grace_tokens, enabled
         self.curves: dict[int, Curve] = {}
         self.events: list[tuple[int, dict]] = []
+        self.protected: set[int] = set()  # trials never stopped (the references)
 
-    def register(self, number: int, group: str, costs: tuple, points: list[tuple[int, float]] = ()) -> None:
+    def register(self, number: int, group: str, costs: tuple, points: list[tuple[int, float]] = (),
+                 protected: bool = False) -> None:
         curve = self.curves[number] = Curve(group, tuple(costs))
+        if protected:
+            self.protected.add(number)
         for tokens, loss in points:
             curve.add(tokens, loss)
 
@@ -35,7 +39,7 @@ class ReportBoard:
         curve = self.curves[number]
         curve.add(metrics["tokens"], metrics["val_bpb"])
         self.events.append((number, metrics))
-        if not self.enabled:
+        if not self.enabled or number in self.protected:
             return None
         return should_stop(curve, list(self.curves.values()), self.margin, self.grace_tokens)
 
@@ -54,8 +58,7 @@ def failure(exc: BaseException) -> dict:
     return {"reason": "error", "detail": f"{type(exc).__name__}: {first}", "traceback": traceback.format_exc(limit=8)}
 
 
-@ray.remote
-def run_trial(config: dict, number: int, board, threads: int) -> dict:
+def trial_task(config: dict, number: int, board, threads: int) -> dict:
     """Train one configuration. Returns {"status": complete | pruned | failed, ...}; a node that dies
     mid-trial surfaces as a Ray error, and Ray re-runs the task (max_retries)."""
     torch.set_num_threads(max(1, threads))
@@ -77,3 +80,8 @@ def run_trial(config: dict, number: int, board, threads: int) -> dict:
     if record["stopped_early"]:  # a stop asked at the last evaluation changes nothing: the trial is complete
         return {"status": "pruned", "reason": stop[-1], "record": record}
     return {"status": "complete", "reason": None, "record": record}
+
+
+run_trial = ray.remote(trial_task)
+# On a GPU each trial gets a fresh worker: no CUDA context, cached memory or compiled graphs carried over.
+run_trial_fresh_worker = ray.remote(max_calls=1)(trial_task)

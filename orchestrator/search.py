@@ -18,9 +18,10 @@ from .spec import LrSpace, SweepSpec
 
 def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
     s = spec.sampler
-    if s.kind == "grid":
-        return optuna.samplers.BruteForceSampler(seed=s.seed)
-    if s.kind == "random":
+    if s.kind in ("grid", "random"):
+        # grid: the driver enqueues every point of the finite space itself (Optuna's brute-force
+        # sampler stops the study from inside `tell`, which an ask/tell driver cannot take).
+        return optuna.samplers.RandomSampler(seed=s.seed)
         return optuna.samplers.RandomSampler(seed=s.seed)
     if s.kind == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=s.seed, population_size=max(4, spec.budget.concurrency * 2))

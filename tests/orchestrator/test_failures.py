@@ -1,4 +1,4 @@
-"""Trials that fail — out of memory, a NaN loss — are recorded with their reason and the sweep goes on;
+"""Sweeps through the driver in-process. Trials that fail — out of memory, a NaN loss — are recorded with their reason and the sweep goes on;
 a size that ran out of memory is not tried again at the same or a larger parameter count."""
 import optuna
 import pytest
@@ -24,7 +24,7 @@ def spec_for(tmp_path, name, sizes, **extra):
     return parse_spec({
         "name": name, "objectives": {"val_bpb": "min", "kv_cache_bytes": "min"},
         "space": {"sizes": sizes, "rank": {"fractions": [0.0, 0.5]}},
-        "budget": {"tokens_per_trial": 1024, "trials": 4, "concurrency": 1},
+        "budget": extra.pop("budget", {"tokens_per_trial": 1024, "trials": 4, "concurrency": 1}),
         "data": {"source": str(CORPUS), "seq_len": 32, "cache_dir": str(tmp_path / "cache")},
         "train": {"batch_size": 8, "eval_every": 2, "eval_blocks": 4, **extra.pop("train", {})}, **extra})
 
@@ -61,3 +61,15 @@ def test_nan_loss_is_recorded_and_the_sweep_finishes(tmp_path):
     assert all(client.get_run(t.user_attrs["mlflow_run_id"]).info.status == "FAILED" for t in ran)
     parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
     assert parent.info.status == "FINISHED"
+
+
+def test_grid_runs_every_point_once_then_stops(tmp_path):
+    """The exhaustive grid: every point of the finite space exactly once, then the sweep ends by itself
+    (the budget allows more trials than the space has points)."""
+    tiny = {"name": "tiny", "d_model": 32, "n_layers": 1, "n_heads": 4}
+    spec = spec_for(tmp_path, "grid", [tiny], sampler={"kind": "grid"}, baselines=["mqa"],
+                    budget={"tokens_per_trial": 512, "trials": 10, "concurrency": 2})
+    study, _ = run(tmp_path, spec)
+    ran = [t for t in study.get_trials() if t.user_attrs.get("launched")]
+    assert sorted(t.user_attrs["label"] for t in ran) == ["lrkv0", "lrkv4", "mqa"]
+    assert all(t.state == TrialState.COMPLETE for t in ran)
