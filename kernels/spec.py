@@ -11,6 +11,7 @@ score matrix, as `torch.utils.flop_counter` counts SDPA. Training = forward + ba
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -20,12 +21,22 @@ Kind = Literal["mha", "gqa", "mqa", "mla", "lrkv"]
 KINDS: tuple[str, ...] = ("mha", "gqa", "mqa", "mla", "lrkv")
 
 
+# `got` may be anything a hostile file holds (a YAML alias bomb is a 1 KB file and a million-element list):
+# its repr in a message is bounded in cost (reprlib) and in length.
+_GOT = reprlib.Repr()
+_GOT.maxlevel, _GOT.maxstring, _GOT.maxother, _GOT.maxlong = 3, 200, 200, 200
+GOT_CHARS = 200
+
+
 class ConfigError(ValueError):
     """A value that breaks a constraint; `field` names it so callers can print its full path."""
 
     def __init__(self, field: str, expected: str, got: object):
         self.field, self.expected, self.got = field, expected, got
-        super().__init__(f"{field}: expected {expected}, got {got!r}")
+        shown = _GOT.repr(got)
+        if len(shown) > GOT_CHARS:
+            shown = shown[:GOT_CHARS - 1] + "…"
+        super().__init__(f"{field}: expected {expected}, got {shown}")
 
 
 @dataclass(frozen=True)

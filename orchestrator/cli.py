@@ -171,13 +171,17 @@ def sweep_submit(spec_file: Path = typer.Argument(..., help="Sweep spec (YAML)."
         shutil.copy(spec_file, Path(folder) / "spec.yaml")
         entrypoint = shlex.join(["lrkv", "sweep", "run", "spec.yaml", "--storage", stores.study_url,
                                  "--tracking-uri", stores.tracking_uri, "--address", "auto"])
-        try:
-            job = client.submit_job(entrypoint=entrypoint, submission_id=f"lrkv-{spec.name}",
-                                    runtime_env={"working_dir": folder}, metadata={"lrkv.sweep": spec.name})
-        except RuntimeError as exc:
-            if "already exists" in str(exc):
-                raise ConfigError("name", "a sweep name not yet submitted to this cluster", spec.name) from None
-            raise
+        for attempt in range(10):
+            try:
+                job = client.submit_job(entrypoint=entrypoint, submission_id=f"lrkv-{spec.name}",
+                                        runtime_env={"working_dir": folder}, metadata={"lrkv.sweep": spec.name})
+                break
+            except RuntimeError as exc:
+                if "already exists" in str(exc):
+                    raise ConfigError("name", "a sweep name not yet submitted to this cluster", spec.name) from None
+                if "No available agent" not in str(exc) or attempt == 9:
+                    raise
+                time.sleep(3)  # a head that has just started: its job agent comes up after the API
     console.print(f"submitted sweep [bold]{spec.name}[/] as Ray job {job} to {address} "
                   f"(study {redact(stores.study_url)}); follow it with `lrkv sweep status {spec.name}`")
 
@@ -284,8 +288,9 @@ def ui(workspace: Path | None = WorkspaceOpt, tracking_uri: str | None = Trackin
        port: int = typer.Option(5000)):
     """Start the MLflow UI on the workspace's store."""
     import subprocess
+    from lrkv.orchestrator.stores import redact
     stores = _stores(workspace, None, tracking_uri)
-    console.print(f"MLflow UI on http://{host}:{port} ← {stores.tracking_uri}")
+    console.print(f"MLflow UI on http://{host}:{port} ← {redact(stores.tracking_uri)}")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     raise typer.Exit(subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", stores.tracking_uri,
                                       "--host", host, "--port", str(port), "--workers", "1"], env=env))

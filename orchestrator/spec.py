@@ -6,17 +6,21 @@ space into the worker's TrialConfig, so the orchestrator never builds models its
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lrkv.kernels import AttentionSpec, ConfigError
-from lrkv.workers.config import TrainConfig, TrialConfig, config_error
+from lrkv.orchestrator.stores import STUDY_FORMS, TRACKING_FORMS, redact, valid_study_url, valid_tracking_uri
+from lrkv.workers.config import INT64, TrainConfig, TrialConfig, config_error
 from lrkv.workers.data import DataConfig
 
 # Objective name -> key of the worker's metrics record.
@@ -24,11 +28,28 @@ OBJECTIVES = {"val_bpb": "val_bpb", "kv_cache_bytes": "kv_cache_bytes_per_token"
               "flops_per_token": "flops_per_token", "params": "params", "decode_ms": "decode_ms"}
 COSTS = tuple(k for k in OBJECTIVES if k != "val_bpb")  # known before training, except decode_ms
 BASELINE = re.compile(r"^(mha|mqa|mla|gqa(\d+))$")
-PositiveInt = Annotated[int, Field(gt=0, strict=True)]
+MAX_DEPTH = 100   # YAML nesting (a spec is 4 deep)
+MAX_RANKS = 4096  # choices of a low/high rank range: a bigger grid is a typo (and a list not worth building)
+
+
+def _yaml_number(value):
+    """PyYAML reads `1e-3` (no dot) as the string '1e-3': where a float goes, a numeric string is a number."""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return float(value)
+    return value
+
+
+# Integers are strict (no True, 2.0 or '16') and within int64, except upper limits, where large means "no limit";
+# floats are finite numbers (Strict's allow_inf_nan=False), never bools.
+PositiveInt = Annotated[int, Field(gt=0, lt=INT64, strict=True)]
+Count = Annotated[int, Field(ge=0, lt=INT64, strict=True)]
+Limit = Annotated[int, Field(gt=0, strict=True)]
+Number = Annotated[float, BeforeValidator(_yaml_number), Field(strict=True)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Size(Strict):
@@ -51,10 +72,10 @@ class Size(Strict):
 
 class RankSpace(Strict):
     """LRKV ranks: integers (`values`, or `low`..`high` by `step`) or fractions of d_h (`fractions`)."""
-    values: list[Annotated[int, Field(ge=0, strict=True)]] | None = Field(default=None, min_length=1)
-    fractions: list[Annotated[float, Field(ge=0, le=1)]] | None = Field(default=None, min_length=1)
-    low: Annotated[int, Field(ge=0, strict=True)] | None = None
-    high: Annotated[int, Field(ge=0, strict=True)] | None = None
+    values: list[Count] | None = Field(default=None, min_length=1)
+    fractions: list[Annotated[Number, Field(ge=0, le=1)]] | None = Field(default=None, min_length=1)
+    low: Count | None = None
+    high: Count | None = None
     step: PositiveInt = 1
 
     @model_validator(mode="after")
@@ -64,6 +85,8 @@ class RankSpace(Strict):
             raise ValueError("exactly one of values, fractions or low/high")
         if forms[2] and (self.low is None or self.high is None or self.low > self.high):
             raise ValueError("low ≤ high, both set")
+        if forms[2] and (self.high - self.low) // self.step >= MAX_RANKS:
+            raise ConfigError("high", f"at most {MAX_RANKS} ranks from low to high by step", self.high)
         return self
 
     def param(self) -> str:
@@ -90,8 +113,8 @@ class RankSpace(Strict):
 
 
 class LrSpace(Strict):
-    low: Annotated[float, Field(gt=0)]
-    high: Annotated[float, Field(gt=0)]
+    low: Annotated[Number, Field(gt=0)]
+    high: Annotated[Number, Field(gt=0)]
     log: bool = True
 
     @model_validator(mode="after")
@@ -104,7 +127,7 @@ class LrSpace(Strict):
 class Space(Strict):
     sizes: list[Size] = Field(min_length=1)
     rank: RankSpace
-    lr: Annotated[float, Field(gt=0)] | LrSpace | None = None  # None: the train section's lr
+    lr: float | LrSpace | None = None  # None: the train section's lr
 
     @field_validator("sizes")
     @classmethod
@@ -126,9 +149,10 @@ class Space(Strict):
             except ValidationError as exc:
                 err = config_error(exc)
                 raise ConfigError("" if err.field == "config" else err.field, err.expected, err.got) from None
-        if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0:
-            raise ConfigError("", "a positive number or a range {low, high}", lr)
-        return float(lr)
+        number = _yaml_number(lr)
+        if isinstance(number, bool) or not isinstance(number, int | float) or not 0 < number < math.inf:
+            raise ConfigError("", "a positive finite number or a range {low, high}", lr)
+        return float(number)
 
 
 class Budget(Strict):
@@ -139,33 +163,47 @@ class Budget(Strict):
 
 class Constraints(Strict):
     """Checked from the spec alone, before a trial is scheduled."""
-    max_cache_fraction_of_mha: Annotated[float, Field(gt=0)] | None = None
-    max_cache_bytes_per_token: PositiveInt | None = None
-    max_params: PositiveInt | None = None
+    max_cache_fraction_of_mha: Annotated[Number, Field(gt=0)] | None = None
+    max_cache_bytes_per_token: Limit | None = None
+    max_params: Limit | None = None
 
 
 class Pruning(Strict):
     """Frontier-fair early stopping (see orchestrator.pruning)."""
     enabled: bool = True
-    margin: Annotated[float, Field(ge=0)] = 0.05     # bits per byte
-    grace: Annotated[float, Field(ge=0, le=1)] = 0.3  # fraction of the budget before any stop
+    margin: Annotated[Number, Field(ge=0)] = 0.05     # bits per byte
+    grace: Annotated[Number, Field(ge=0, le=1)] = 0.3  # fraction of the budget before any stop
 
 
 class Sampler(Strict):
     kind: Literal["tpe", "nsga2", "gp", "grid", "random"] = "tpe"
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0, lt=2**32, strict=True)] = 0  # numpy's RandomState, under every Optuna sampler
     startup_trials: PositiveInt = 8
 
 
 class Resources(Strict):
-    gpus_per_trial: Annotated[float, Field(ge=0)] = 0.0  # fractional packs several trials on a card
-    cpus_per_trial: Annotated[float, Field(gt=0)] = 1.0
-    max_retries: Annotated[int, Field(ge=0, strict=True)] = 2  # re-runs of a trial whose node died
+    gpus_per_trial: Annotated[Number, Field(ge=0)] = 0.0  # fractional packs several trials on a card
+    cpus_per_trial: Annotated[Number, Field(gt=0)] = 1.0
+    max_retries: Count = 2  # re-runs of a trial whose node died
 
 
 class Storage(Strict):
     study: str | None = None         # SQLAlchemy URL or journal file; default: <workspace>/optuna.journal
     tracking_uri: str | None = None  # MLflow; default: sqlite:///<workspace>/mlflow.db
+
+    @field_validator("study")
+    @classmethod
+    def _study(cls, url):
+        if url is not None and not valid_study_url(url):
+            raise ConfigError("", STUDY_FORMS, redact(url))
+        return url
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _tracking(cls, uri):
+        if uri is not None and not valid_tracking_uri(uri):
+            raise ConfigError("", TRACKING_FORMS, redact(uri))
+        return uri
 
 
 class SweepSpec(Strict):
@@ -183,7 +221,7 @@ class SweepSpec(Strict):
     storage: Storage = Storage()
     data: dict[str, Any] = {}
     train: dict[str, Any] = {}
-    seed: int = 0
+    seed: Annotated[int, Field(ge=-INT64, lt=INT64, strict=True)] = 0  # the trials' torch seed
 
     @field_validator("objectives", mode="before")
     @classmethod
@@ -234,11 +272,11 @@ class SweepSpec(Strict):
         rank = self.space.rank
         if rank.fractions is None:
             smallest = min(s.d_head for s in self.space.sizes)
-            for i, r in enumerate(rank.choices() if rank.values is None else rank.values):
+            for i, r in enumerate(rank.values or [rank.high]):  # a range is checked at its end, whatever its step
                 if r > smallest:
                     where = f"space.rank.values.{i}" if rank.values is not None else "space.rank.high"
                     raise ConfigError(where, f"a rank ≤ head_dim of every size ({smallest}); use fractions "
-                                      "to scale ranks with size", r if rank.values is not None else rank.high)
+                                      "to scale ranks with size", r)
         for i, size in enumerate(self.space.sizes):
             for variant in self.variants():
                 try:
@@ -298,16 +336,54 @@ def _spec_path(trial_field: str, size_index: int) -> str:
     return trial_field  # train.lr too: these checks build with lr=None, so a bad lr is the train section's
 
 
+class _Refused(yaml.YAMLError):
+    """YAML that parses but that a spec must not be: `expected` and `got` for the ConfigError naming the file."""
+
+    def __init__(self, expected: str, got: str):
+        super().__init__(f"expected {expected}, got {got}")
+        self.expected, self.got = expected, got
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """SafeLoader that refuses what PyYAML would keep silently or die on: a key given twice (the last one would
+    win) and nesting deeper than MAX_DEPTH (its composer recurses once per level: RecursionError)."""
+
+    depth = 0
+
+    def compose_node(self, parent, index):
+        if self.depth >= MAX_DEPTH:
+            line = self.peek_event().start_mark.line + 1
+            raise _Refused(f"YAML nested at most {MAX_DEPTH} deep", f"deeper nesting at line {line}")
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        first = {}  # key -> its line
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` keys may be overridden: not duplicates
+                continue
+            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+            with contextlib.suppress(TypeError):  # an unhashable key: SafeLoader reports it below
+                if key in first:
+                    raise _Refused("each key once per mapping", f"{key} again at line {line} (first at {first[key]})")
+                first[key] = line
+        return super().construct_mapping(node, deep)
+
+
 def load_spec(path: Path | str) -> SweepSpec:
     """Read and validate a sweep spec; raises ConfigError naming the file or the field path."""
-    import yaml
     path = Path(path)
     if not path.is_file():
         raise ConfigError(str(path), "an existing sweep spec (YAML file)", "missing")
     try:
-        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
+        raw = yaml.load(path.read_bytes().decode("utf-8"), Loader=_SpecLoader)  # noqa: S506 - a SafeLoader
     except UnicodeDecodeError:
         raise ConfigError(str(path), "UTF-8 text", "undecodable bytes") from None
+    except _Refused as exc:
+        raise ConfigError(str(path), exc.expected, exc.got) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

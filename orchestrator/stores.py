@@ -18,9 +18,11 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import optuna
 import sqlalchemy.exc
+from sqlalchemy.engine import make_url
 
 from lrkv.kernels import ConfigError
 
@@ -90,6 +92,50 @@ class Stores:
         """Create the workspace folder the local stores live in (only when a sweep starts)."""
         if self.local or self.tracking_uri.startswith("sqlite:///"):
             self.workspace.mkdir(parents=True, exist_ok=True)
+
+
+# What a spec's storage section may name (checked when the spec loads, before any store is opened).
+STUDY_FORMS = "a SQLAlchemy URL (dialect[+driver]://user@host[:port]/db or sqlite:///file) or a journal file path"
+TRACKING_FORMS = ("an MLflow tracking URI: http(s)://host[:port], sqlite:///file, a postgresql/mysql/mssql URL, "
+                  "file:/path or databricks")
+STUDY_DIALECTS = {"postgresql", "mysql", "mariadb", "sqlite", "oracle", "mssql"}  # SQLAlchemy's own
+TRACKING_DIALECTS = {"postgresql", "mysql", "sqlite", "mssql"}                  # MLflow's database backends
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def valid_study_url(url: str) -> bool:
+    """A database URL Optuna can open, or a path without a scheme (a journal file): a `word:` prefix is a
+    mistyped URL rather than a file name."""
+    return bool(url.strip()) and (not _SCHEME.match(url) or _database_url(url, STUDY_DIALECTS))
+
+
+def valid_tracking_uri(uri: str) -> bool:
+    """A URI MLflow can track to: a server, a database (as for the study), a file store or Databricks."""
+    scheme = uri.partition(":")[0].lower() if _SCHEME.match(uri) else ""
+    parts = urlsplit(uri)
+    if scheme in ("http", "https"):
+        try:
+            return bool(parts.hostname) and parts.port != 0  # .port raises on a non-numeric or > 65535 port
+        except ValueError:
+            return False
+    if scheme == "file":
+        return bool(parts.path)
+    return uri == "databricks" or scheme == "databricks" or _database_url(uri, TRACKING_DIALECTS)
+
+
+def _database_url(url: str, dialects: set[str]) -> bool:
+    """A SQLAlchemy URL of a known dialect and driver, with a valid port, naming a server (or a sqlite file:
+    an in-memory database would lose the sweep's state)."""
+    try:
+        parsed = make_url(url)
+        parsed.get_dialect()  # an unknown dialect or driver (`postgres://`, `postgresql+nodriver://`) raises here
+    except (sqlalchemy.exc.ArgumentError, ValueError, ImportError):
+        return False
+    if parsed.get_backend_name() not in dialects or not 0 < (parsed.port or 1) < 65536:
+        return False
+    if parsed.get_backend_name() == "sqlite":
+        return parsed.database not in (None, "", ":memory:")
+    return bool(parsed.host or parsed.query.get("host"))  # ?host=/run/postgresql: a Unix socket
 
 
 def redact(url: str) -> str:

@@ -5,15 +5,50 @@ sweep spec can print one clear line.
 """
 from __future__ import annotations
 
+import math
+import typing
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BeforeValidator, Field, TypeAdapter, ValidationError
 
 from lrkv.kernels import ConfigError
 
 from .data import DataConfig
 from .model import ModelConfig
+
+INT64 = 2**63  # what torch, numpy and SQL integers hold: a larger count or seed is a typo that overflows later
+
+
+def is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_finite(value: object) -> bool:
+    """A real number that is neither a bool nor inf / nan."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_count(value: object) -> bool:
+    """A positive integer within int64."""
+    return is_int(value) and 0 < value < INT64
+
+
+def strict_numbers(cls) -> BeforeValidator:
+    """pydantic's lax mode reads True as 1 and '16' as 16 before __post_init__ sees the value: refuse both for an
+    `int` field of `cls`, and a bool for a `float` one. A numeric string stays a float: PyYAML reads `1e-3` (no
+    dot) as the string '1e-3', and pydantic turns it into 0.001."""
+    hints = typing.get_type_hints(cls)
+
+    def check(raw):
+        for name, value in raw.items() if isinstance(raw, dict) else ():
+            hint = hints.get(name)
+            if hint in (int, int | None) and value is not None and not is_int(value):
+                raise ConfigError(str(name), "an integer", value)
+            if hint is float and isinstance(value, bool):
+                raise ConfigError(str(name), "a number", value)
+        return raw
+    return BeforeValidator(check)
 
 
 @dataclass(frozen=True)
@@ -35,24 +70,27 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("tokens", "batch_size", "eval_every", "eval_blocks"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(name, "a positive integer", value)
+            if not is_count(getattr(self, name)):
+                raise ConfigError(name, "a positive integer below 2**63", getattr(self, name))
         for name in ("lr", "matrix_lr", "grad_clip"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(name, "a positive number", getattr(self, name))
+            if not (is_finite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ConfigError(name, "a positive finite number", getattr(self, name))
         for name in ("weight_decay", "warmup_frac", "min_lr_frac"):
-            if not 0 <= getattr(self, name) <= 1:
+            if not (is_finite(getattr(self, name)) and 0 <= getattr(self, name) <= 1):
                 raise ConfigError(name, "a number in [0, 1]", getattr(self, name))
 
 
 @dataclass(frozen=True)
 class TrialConfig:
     model: ModelConfig
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    seed: int = 0
+    data: Annotated[DataConfig, strict_numbers(DataConfig)] = field(default_factory=DataConfig)
+    train: Annotated[TrainConfig, strict_numbers(TrainConfig)] = field(default_factory=TrainConfig)
+    seed: Annotated[int, Field(strict=True)] = 0
     __pydantic_config__ = {"extra": "forbid"}
+
+    def __post_init__(self) -> None:
+        if not (is_int(self.seed) and -INT64 <= self.seed < INT64):
+            raise ConfigError("seed", "an integer within int64", self.seed)
 
     @classmethod
     def from_dict(cls, raw: Any) -> TrialConfig:

@@ -88,13 +88,12 @@ class DataConfig:
             raise ConfigError("text_field", "a non-empty column name", self.text_field)
         if self.tokenizer not in TOKENIZERS:
             raise ConfigError("tokenizer", f"one of {', '.join(TOKENIZERS)}", self.tokenizer)
-        if not integer(self.vocab_size) or self.vocab_size <= 0:
-            raise ConfigError("vocab_size", "a positive integer", self.vocab_size)
+        for name in ("vocab_size", "seq_len"):  # below 2**63: torch's int64 holds them
+            if not integer(getattr(self, name)) or not 0 < getattr(self, name) < 2**63:
+                raise ConfigError(name, "a positive integer below 2**63", getattr(self, name))
         if self.tokenizer == "bpe" and not 257 <= self.vocab_size <= 2**31:
             raise ConfigError("vocab_size", "257..2**31 for bpe (256 byte symbols + <|endoftext|>)",
                               self.vocab_size)
-        if not integer(self.seq_len) or self.seq_len <= 0:
-            raise ConfigError("seq_len", "a positive integer", self.seq_len)
         if (isinstance(self.val_fraction, bool) or not isinstance(self.val_fraction, (int, float))
                 or not 0 < self.val_fraction < 1):
             raise ConfigError("val_fraction", "a number strictly between 0 and 1", self.val_fraction)

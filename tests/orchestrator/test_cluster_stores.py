@@ -92,7 +92,7 @@ def test_postgres_down_at_start_is_one_line_exit_2(tmp_path):
 
 def test_postgres_restart_mid_sweep(tmp_path, pg_database):
     """The driver rides out a database restart (retries with backoff) and completes the budget."""
-    spec = write_spec(tmp_path / "sweep.yaml", "restart", tokens=16384, trials=5, pruning={"enabled": False})
+    spec = write_spec(tmp_path / "sweep.yaml", "restart", tokens=16384, trials=3, pruning={"enabled": False})
     log = tmp_path / "driver.log"
     driver = start([LRKV, "sweep", "run", str(spec), "--storage", pg_database, "--workspace", str(tmp_path / "ws")],
                    tmp_path, log)
@@ -106,14 +106,14 @@ def test_postgres_restart_mid_sweep(tmp_path, pg_database):
         subprocess.run([*cluster, "start"], check=True, timeout=120)
     assert driver.wait(timeout=600) == 0, log.read_text()[-3000:]
     study = study_of(pg_database, "restart")
-    assert len(finished_trials(study)) == 5
+    assert len(finished_trials(study)) == 3
     assert all(t.state == TrialState.COMPLETE for t in finished_trials(study))
     assert "retrying" in log.read_text()  # it did see the outage
 
 
 def test_tracking_server_down_mid_sweep_loses_nothing(tmp_path, mlflow_server):
     """Results land in the study while MLflow is away; when it returns, the driver logs what it missed."""
-    spec = write_spec(tmp_path / "sweep.yaml", "outage", tokens=16384, trials=5, pruning={"enabled": False})
+    spec = write_spec(tmp_path / "sweep.yaml", "outage", tokens=16384, trials=4, pruning={"enabled": False})
     ws = tmp_path / "ws"
     url = str(ws / "optuna.journal")
     log = tmp_path / "driver.log"
@@ -121,11 +121,11 @@ def test_tracking_server_down_mid_sweep_loses_nothing(tmp_path, mlflow_server):
                    tmp_path, log)
     wait_complete(url, "outage", 1, driver, log)
     mlflow_server.stop()
-    wait_complete(url, "outage", 3, driver, log)  # the sweep goes on without MLflow
+    wait_complete(url, "outage", 2, driver, log)  # the sweep goes on without MLflow
     mlflow_server.start()
     assert driver.wait(timeout=600) == 0, log.read_text()[-3000:]
     study = study_of(url, "outage")
-    assert len(finished_trials(study)) == 5
+    assert len(finished_trials(study)) == 4
     assert "MLflow unreachable" in log.read_text()
     assert_mlflow_matches(mlflow_server.uri, "outage", study)
     parent = [r for r in runs_of(mlflow_server.uri, "outage") if r.data.tags.get("lrkv.role") == "sweep"]

@@ -122,7 +122,7 @@ def test_quickstart_style_sweep_end_to_end(tmp_path):
 def test_driver_killed_then_resumed_loses_nothing(tmp_path):
     """Kill the driver (SIGKILL, by its pid) mid-sweep; `lrkv sweep resume` finishes the budget without
     re-running a completed trial, fails and re-runs the interrupted ones, and leaves no run RUNNING."""
-    spec = write_spec(tmp_path / "sweep.yaml", "resumable", tokens=32768, trials=6,
+    spec = write_spec(tmp_path / "sweep.yaml", "resumable", tokens=24576, trials=5,
                       pruning={"enabled": False})
     ws = tmp_path / "ws"
     driver = subprocess.Popen([LRKV, "sweep", "run", str(spec), "--workspace", str(ws)], cwd=tmp_path,
@@ -155,13 +155,13 @@ def test_driver_killed_then_resumed_loses_nothing(tmp_path):
         assert after[number].state == TrialState.FAIL and after[number].user_attrs["requeued"]
         assert any(t.user_attrs.get("retry_of") == number and t.state == TrialState.COMPLETE for t in after.values())
     trials = launched(study)
-    assert len(trials) == 6
+    assert len(trials) == 5
     keys = Counter(t.user_attrs["key"] for t in trials)
     assert max(keys.values()) == 1  # nothing ran twice
     _, runs = mlflow_runs(ws, "resumable")
     children = [r for r in runs if r.data.tags.get("lrkv.role") == "trial"]
     assert not [r for r in runs if r.info.status == "RUNNING"]
-    assert len(children) == 6  # re-runs continued their run instead of adding one
+    assert len(children) == 5  # re-runs continued their run instead of adding one
 
 
 def test_cancel_stops_a_running_sweep(tmp_path):
