@@ -22,7 +22,6 @@ def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
         # grid: the driver enqueues every point of the finite space itself (Optuna's brute-force
         # sampler stops the study from inside `tell`, which an ask/tell driver cannot take).
         return optuna.samplers.RandomSampler(seed=s.seed)
-        return optuna.samplers.RandomSampler(seed=s.seed)
     if s.kind == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=s.seed, population_size=max(4, spec.budget.concurrency * 2))
     if s.kind == "gp":
