@@ -43,7 +43,8 @@ def front_table(study: optuna.Study) -> dict:
     """{size: {"front": [rows], "hypervolume": float, "reference": [...]}} over COMPLETE trials.
 
     The hypervolume reference point is the worst value seen at that size in each objective plus 10 %
-    of its range, so every front point counts; the value tracks one sweep as it grows (different sweeps have different reference points).
+    of its range, so every front point counts; the value tracks one sweep as it grows (different
+    sweeps have different reference points).
     """
     objectives = study.user_attrs["spec"]["objectives"]
     all_rows = rows(study)

@@ -1,5 +1,6 @@
 """Real services for the cluster tests: a fresh PostgreSQL database per test (this machine runs
 PostgreSQL on 127.0.0.1:5432) and an `mlflow server` process."""
+import contextlib
 import os
 import signal
 import subprocess
@@ -18,17 +19,25 @@ PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 PASSWORD = "s3cret-Pa55"  # trust auth ignores it; the tests check it never leaks
 
 
-@pytest.fixture
-def pg_database():
+@contextlib.contextmanager
+def new_database():
     """A new, empty database; its URL carries a password, as a team's would."""
     name = f"lrkv_{uuid.uuid4().hex[:10]}"
     admin = sqlalchemy.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     with admin.connect() as c:
         c.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
-    yield f"postgresql://postgres:{PASSWORD}@127.0.0.1:5432/{name}"
-    with admin.connect() as c:
-        c.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-    admin.dispose()
+    try:
+        yield f"postgresql://postgres:{PASSWORD}@127.0.0.1:5432/{name}"
+    finally:
+        with admin.connect() as c:
+            c.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
+
+
+@pytest.fixture
+def pg_database():
+    with new_database() as url:
+        yield url
 
 
 class MlflowServer:
@@ -57,6 +66,16 @@ class MlflowServer:
         if self.process and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+
+
+@pytest.fixture
+def pg_mlflow_server(tmp_path):
+    """An MLflow tracking server whose backend store is PostgreSQL, as a team runs it."""
+    with new_database() as url:
+        server = MlflowServer(url, tmp_path / "server-artifacts", tmp_path / "mlflow-server.log")
+        server.start()
+        yield server
+        server.stop()
 
 
 @pytest.fixture

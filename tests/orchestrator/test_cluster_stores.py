@@ -55,7 +55,8 @@ def wait_complete(url, name, count, driver, log, timeout=300):
     raise AssertionError("the sweep made no progress")
 
 
-def test_sweep_on_postgres_and_a_tracking_server_leaks_no_credential(tmp_path, pg_database, mlflow_server):
+def test_sweep_on_postgres_and_a_tracking_server_leaks_no_credential(tmp_path, pg_database, pg_mlflow_server):
+    mlflow_server = pg_mlflow_server
     spec = write_spec(tmp_path / "sweep.yaml", "teamwork", trials=4)
     done = subprocess.run([LRKV, "sweep", "run", str(spec), "--storage", pg_database, "--tracking-uri",
                            mlflow_server.uri], cwd=tmp_path, capture_output=True, text=True, timeout=600)
