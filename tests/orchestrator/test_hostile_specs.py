@@ -42,6 +42,9 @@ from lrkv.orchestrator.spec import BASELINE, OBJECTIVES, load_spec
 from lrkv.workers.config import TrainConfig
 from lrkv.workers.data import DataConfig
 
+from .test_spec import DELETE
+from .test_spec import edited as edited_copy
+
 ROOT = Path(__file__).parents[2]
 QUICKSTART = ROOT / "sweeps" / "quickstart.yaml"
 BASE = yaml.safe_load(QUICKSTART.read_text())
@@ -49,7 +52,6 @@ LRKV = str(Path(sys.executable).parent / "lrkv")
 SMALLEST_HEAD_DIM = min(s.get("head_dim") or s["d_model"] // s["n_heads"] for s in BASE["space"]["sizes"])
 N_HEADS = {s["n_heads"] for s in BASE["space"]["sizes"]}
 FILE = "<the spec file>"   # expected field: the file's own path
-DELETE = object()
 INT64 = 2**63
 
 
@@ -76,18 +78,7 @@ class Case:
 
 def edited(path: str, value) -> dict:
     """A deep copy of the quickstart spec with the dotted `path` set to `value` (or removed: DELETE)."""
-    raw = copy.deepcopy(BASE)
-    node, keys = raw, path.split(".")
-    for key in keys[:-1]:
-        node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
-    last = keys[-1]
-    if isinstance(node, list):
-        node[int(last)] = value
-    elif value is DELETE:
-        del node[last]
-    else:
-        node[last] = value
-    return raw
+    return edited_copy(BASE, path, value)
 
 
 def dump(raw) -> bytes:
