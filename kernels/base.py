@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from .cache import DecodeCache
+from .ops import rms_norm
 from .spec import AttentionSpec
 
 
@@ -41,6 +42,15 @@ class Attention(nn.Module, abc.ABC):
     def bilinear_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-head query and key maps (H, dh, d_model) whose product W_Q,hᵀ W_K,h is head h's logit form
         (the linear part: norms and RoPE aside). Used for the gauge-invariant head-diversity analysis."""
+
+    @abc.abstractmethod
+    def attend_args(self, batch: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        """Random inputs of this variant's `cache.attend` for one decode step (queries normalised as the
+        model makes them; weights in `dtype`): what a profiler times attention over a cache with."""
+
+    def _random_queries(self, batch: int, dim: int, dtype: torch.dtype) -> torch.Tensor:
+        q = torch.randn(batch, self.H, dim, device=self.o.device)
+        return (rms_norm(q) if self.spec.qk_norm else q).to(dtype)
 
     def allocate_cache(self, batch: int, max_len: int, dtype=None, device=None, fill=None) -> DecodeCache:
         ref = self.o

@@ -55,10 +55,15 @@ class DecodeCache(abc.ABC):
             self.tensors[name][b, self.lengths] = row.to(self.tensors[name].dtype)
         self.lengths += 1
 
-    def valid(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(mask (B, T), rows cut to the longest sequence with invalid slots zeroed) for references."""
+    def valid(self, full: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(mask (B, T), rows cut to the longest sequence with invalid slots zeroed) for references.
+        full=True promises every sequence fills the cache: no host sync, so a CUDA graph can hold it."""
+        if full:
+            return torch.ones(self.batch, self.max_len, dtype=torch.bool, device=self.lengths.device), self.tensors
         T = int(self.lengths.max())
         mask = torch.arange(T, device=self.lengths.device)[None, :] < self.lengths[:, None]
+        if bool(mask.all()):  # nothing to hide: views, not copies of the cache
+            return mask, {name: t[:, :T] for name, t in self.tensors.items()}
         rows = {}
         for name, t in self.tensors.items():
             m = mask.view(*mask.shape, *([1] * (t.dim() - 2)))
@@ -66,8 +71,9 @@ class DecodeCache(abc.ABC):
         return mask, rows
 
     @abc.abstractmethod
-    def attend(self, *args: torch.Tensor) -> torch.Tensor:
-        """Attention output (B, H, head_dim) of one query per sequence over its cached rows."""
+    def attend(self, *args: torch.Tensor, full: bool = False) -> torch.Tensor:
+        """Attention output (B, H, head_dim) of one query per sequence over its cached rows
+        (full: as in `valid`)."""
 
 
 def masked_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

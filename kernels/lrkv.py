@@ -30,22 +30,42 @@ class LRKVCache(DecodeCache):
         H, r, dh = spec.n_heads, spec.rank, spec.head_dim
         return {"k_shared": (dh,), "v_shared": (dh,), "r_k": (H, r), "r_v": (H, r)}
 
-    def attend(self, q: torch.Tensor, k_up: torch.Tensor, v_up: torch.Tensor) -> torch.Tensor:
-        """Reference attention of q (B, H, dh), already normalised and rotated, over the cache.
+    def attend(self, q: torch.Tensor, k_up: torch.Tensor, v_up: torch.Tensor, full: bool = False) -> torch.Tensor:
+        """Attention of q (B, H, dh), already normalised and rotated, over the cache: the fused Triton
+        kernel on CUDA (no host sync, so a decode step can be captured in a CUDA graph), else the reference."""
+        if not q.is_cuda:
+            return self.attend_reference(q, k_up, v_up, full)
+        from .fused.decode import decode
+        t = self.tensors
+        return decode(q, t["k_shared"], t["v_shared"], t["r_k"], t["r_v"], k_up.to(t["r_k"].dtype).contiguous(),
+                      v_up.contiguous(), self.lengths, norm=self.spec.qk_norm,
+                      rope_theta=self.spec.rope_theta)
 
-        Keys are rebuilt (R_k B_kᵀ + K_shared, norm, RoPE) as the model builds them; values use
-        associativity, out_h = p·V_shared + (p·R_v,h) B_v,hᵀ, so per-head V is never formed.
-        """
-        mask, rows = self.valid()
-        k = reconstruct(rows["k_shared"], rows["r_k"], k_up)
-        if self.spec.qk_norm:
-            k = rms_norm(k)
-        k = rope(k, torch.arange(k.size(1), device=k.device), self.spec.rope_theta)
-        logits = torch.einsum("bhd,bthd->bht", q, k) * q.size(-1) ** -0.5
-        p = masked_softmax(logits, mask)
-        shared = torch.einsum("bht,btd->bhd", p, rows["v_shared"])
-        latent = torch.einsum("bht,bthr->bhr", p, rows["r_v"])
-        return shared + torch.einsum("bhr,hrd->bhd", latent, v_up)
+    def attend_reference(self, q: torch.Tensor, k_up: torch.Tensor, v_up: torch.Tensor,
+                         full: bool = False) -> torch.Tensor:
+        """Plain-PyTorch attention of q (B, H, dh), already normalised and rotated, over the cache."""
+        mask, rows = self.valid(full)
+        return attend_compressed(q, rows, mask, k_up, v_up, norm=self.spec.qk_norm, rope_theta=self.spec.rope_theta)
+
+
+def attend_compressed(q: torch.Tensor, rows: dict[str, torch.Tensor], mask: torch.Tensor, k_up: torch.Tensor,
+                      v_up: torch.Tensor, *, norm: bool, rope_theta: float | None) -> torch.Tensor:
+    """The reference decode step over compressed rows (B, T, ...) valid where mask (B, T).
+
+    Keys are rebuilt (R_k B_k + K_shared, norm, RoPE) as the model builds them; values use
+    associativity, out_h = p·V_shared + (p·R_v,h) B_v,h, so per-head V is never formed.
+    rope_theta None skips RoPE.
+    """
+    k = reconstruct(rows["k_shared"], rows["r_k"], k_up)
+    if norm:
+        k = rms_norm(k)
+    if rope_theta is not None:
+        k = rope(k, torch.arange(k.size(1), device=k.device), rope_theta)
+    logits = torch.einsum("bhd,bthd->bht", q, k) * q.size(-1) ** -0.5
+    p = masked_softmax(logits, mask)
+    shared = torch.einsum("bht,btd->bhd", p, rows["v_shared"])
+    latent = torch.einsum("bht,bthr->bhr", p, rows["r_v"])
+    return shared + torch.einsum("bhr,hrd->bhd", latent, v_up)
 
 
 class LowRankKVAttention(Attention):
@@ -90,6 +110,9 @@ class LowRankKVAttention(Attention):
         q, k = rope(q, positions, s.rope_theta), rope(k, positions, s.rope_theta)
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
         return self.project_out(out.transpose(1, 2))
+
+    def attend_args(self, batch: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        return self._random_queries(batch, self.dh, dtype), self.k_up.to(dtype), self.v_up.to(dtype)
 
     def decode(self, x: torch.Tensor, cache: LRKVCache) -> torch.Tensor:
         q, rows = self._project(x[:, None])

@@ -17,10 +17,11 @@ class KVCache(DecodeCache):
     def row_shapes(spec: AttentionSpec) -> dict[str, tuple[int, ...]]:
         return {"k": (spec.n_kv_heads, spec.head_dim), "v": (spec.n_kv_heads, spec.head_dim)}
 
-    def attend(self, q: torch.Tensor) -> torch.Tensor:
-        mask, rows = self.valid()
+    def attend(self, q: torch.Tensor, full: bool = False) -> torch.Tensor:
+        mask, rows = self.valid(full)
         k, v = rows["k"].transpose(1, 2), rows["v"].transpose(1, 2)  # (B, kv, T, dh)
-        out = F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=mask[:, None, None, :],
+        unmasked = full or bool(mask.all())  # no mask lets SDPA take its flash kernel
+        out = F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=None if unmasked else mask[:, None, None, :],
                                              enable_gqa=k.size(1) != q.size(1))
         return out[:, :, 0]
 
@@ -47,6 +48,9 @@ class GroupedQueryAttention(Attention):
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                              is_causal=True, enable_gqa=self.spec.n_kv_heads != self.H)
         return self.project_out(out.transpose(1, 2))
+
+    def attend_args(self, batch: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        return (self._random_queries(batch, self.dh, dtype),)
 
     def decode(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
         q, k, v = self._qkv(x[:, None], cache.lengths[:, None])

@@ -18,9 +18,10 @@ class LatentCache(DecodeCache):
     def row_shapes(spec: AttentionSpec) -> dict[str, tuple[int, ...]]:
         return {"c_kv": (spec.kv_latent_dim,), "k_rope": (spec.rope_dim,)}
 
-    def attend(self, q_nope: torch.Tensor, q_rope: torch.Tensor, k_up: torch.Tensor, v_up: torch.Tensor) -> torch.Tensor:
+    def attend(self, q_nope: torch.Tensor, q_rope: torch.Tensor, k_up: torch.Tensor, v_up: torch.Tensor,
+               full: bool = False) -> torch.Tensor:
         """q_nope (B, H, dh), q_rope (B, H, dr, rotated); k_up, v_up (H, d_c, dh). Returns (B, H, dh)."""
-        mask, rows = self.valid()
+        mask, rows = self.valid(full)
         c, kr = rows["c_kv"], rows["k_rope"]
         q_latent = torch.einsum("bhd,hcd->bhc", q_nope, k_up)  # absorb W_uk
         scale = (q_nope.size(-1) + q_rope.size(-1)) ** -0.5
@@ -53,6 +54,10 @@ class MultiHeadLatentAttention(Attention):
         k = torch.cat((k_nope, k_rope.expand(-1, -1, self.H, -1)), dim=-1)
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
         return self.project_out(out.transpose(1, 2))
+
+    def attend_args(self, batch: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        q_rope = torch.randn(batch, self.H, self.spec.rope_dim, device=self.o.device, dtype=dtype)
+        return (self._random_queries(batch, self.dh, dtype), q_rope, self.k_up.to(dtype), self.v_up.to(dtype))
 
     def decode(self, x: torch.Tensor, cache: LatentCache) -> torch.Tensor:
         q_nope, q_rope, c, k_rope = self._project(x[:, None], cache.lengths[:, None])

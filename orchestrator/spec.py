@@ -26,7 +26,7 @@ from lrkv.workers.data import DataConfig
 # Objective name -> key of the worker's metrics record.
 OBJECTIVES = {"val_bpb": "val_bpb", "kv_cache_bytes": "kv_cache_bytes_per_token",
               "flops_per_token": "flops_per_token", "params": "params", "decode_ms": "decode_ms"}
-COSTS = tuple(k for k in OBJECTIVES if k != "val_bpb")  # known before training, except decode_ms
+COSTS = tuple(k for k in OBJECTIVES if k != "val_bpb")  # all but decode_ms known before training
 BASELINE = re.compile(r"^(mha|mqa|mla|gqa(\d+))$")
 MAX_DEPTH = 100   # YAML nesting (a spec is 4 deep)
 MAX_RANKS = 4096  # choices of a low/high rank range: a bigger grid is a typo (and a list not worth building)
@@ -235,8 +235,6 @@ class SweepSpec(Strict):
     @field_validator("objectives")
     @classmethod
     def _objectives(cls, objectives):
-        if "decode_ms" in objectives:
-            raise ValueError("no decode_ms (it needs the decode profiler, which this version does not have)")
         if "val_bpb" not in objectives or len(objectives) < 2:
             raise ValueError("val_bpb and at least one cost (kv_cache_bytes, flops_per_token, params)")
         return objectives
@@ -265,6 +263,13 @@ class SweepSpec(Strict):
             if key not in known:
                 raise ConfigError(str(key), "no such field", value)
         return section
+
+    @model_validator(mode="after")
+    def _decode_profiled(self):
+        if "decode_ms" in self.objectives and not self.train.get("profile_contexts"):
+            raise ConfigError("train.profile_contexts", "at least one context when decode_ms is an objective",
+                              self.train.get("profile_contexts"))
+        return self
 
     @model_validator(mode="after")
     def _trials_build(self):

@@ -18,7 +18,8 @@ from mlflow.tracking import MlflowClient
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 logging.getLogger("alembic").setLevel(logging.WARNING)
 
-# Final metrics copied from the worker's record onto the child run.
+# Final metrics copied from the worker's record onto the child run, and the decode profiler's (per context).
+DECODE_METRICS = ("decode_ms", "decode_floor_fraction_at_")
 FINAL_METRICS = ("val_bpb", "train_loss", "tokens", "steps", "wall_seconds", "train_seconds", "tokens_per_s", "mfu",
                  "peak_memory_bytes", "kv_cache_bytes_per_token", "kv_cache_ratio_vs_mha", "flops_per_token",
                  "params", "head_eff_rank", "head_eff_rank_frac", "trial_seconds", "gpu_util_mean")
@@ -77,8 +78,8 @@ class Tracker:
             for point in record.get("curve", []):
                 for key in ("val_bpb", "train_loss", "tokens"):
                     metrics.append(Metric(f"curve.{key}", point[key], now, point["step"]))
-            metrics += [Metric(k, float(record[k]), now, record.get("steps", 0)) for k in FINAL_METRICS
-                        if record.get(k) is not None]
+            metrics += [Metric(k, float(v), now, record.get("steps", 0)) for k, v in record.items()
+                        if v is not None and (k in FINAL_METRICS or k.startswith(DECODE_METRICS))]
         metrics += [Metric(f"objective.{k}", float(v), now, 0) for k, v in (objectives or {}).items()]
         tags = [RunTag("lrkv.state", status)] + ([RunTag("lrkv.reason", reason[:4000])] if reason else [])
         for i in range(0, len(metrics), 900):  # MLflow takes at most 1000 entities per batch

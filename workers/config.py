@@ -17,6 +17,7 @@ from lrkv.kernels import ConfigError
 from .data import DataConfig
 from .model import ModelConfig
 
+MAX_PROFILE_CONTEXT = 1 << 20  # tokens per profiled sequence: more is a typo that would allocate terabytes
 INT64 = 2**63  # what torch, numpy and SQL integers hold: a larger count or seed is a typo that overflows later
 
 
@@ -66,12 +67,17 @@ class TrainConfig:
     eval_blocks: int = 64          # validation blocks per evaluation (fixed, the first ones)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: Literal["auto", "on", "off"] = "auto"   # auto: on for CUDA, off for CPU
+    profile_contexts: tuple[int, ...] = ()           # decode profiler after training: decode_ms at each context
+    profile_batch: int = 8                           # sequences per profiled decode step
     __pydantic_config__ = {"extra": "forbid"}
 
     def __post_init__(self) -> None:
-        for name in ("tokens", "batch_size", "eval_every", "eval_blocks"):
+        for name in ("tokens", "batch_size", "eval_every", "eval_blocks", "profile_batch"):
             if not is_count(getattr(self, name)):
                 raise ConfigError(name, "a positive integer below 2**63", getattr(self, name))
+        for i, context in enumerate(self.profile_contexts):
+            if not (is_int(context) and 0 < context <= MAX_PROFILE_CONTEXT):
+                raise ConfigError(f"profile_contexts.{i}", f"a positive integer ≤ {MAX_PROFILE_CONTEXT}", context)
         for name in ("lr", "matrix_lr", "grad_clip"):
             if not (is_finite(getattr(self, name)) and getattr(self, name) > 0):
                 raise ConfigError(name, "a positive finite number", getattr(self, name))

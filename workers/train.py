@@ -20,6 +20,7 @@ from .config import TrialConfig
 from .data import PackedData, load_blocks
 from .diversity import head_diversity
 from .model import GPT
+from .profile import profile_decode
 
 Report = Callable[[int, dict], "bool | None"]
 
@@ -181,6 +182,8 @@ def train(config: TrialConfig, report: Report | None = None, progress: bool = Fa
                     stopped_early = True
                     break
 
+    profiled = profile_decode(model.attention_layers(), cfg.profile_contexts, cfg.profile_batch, device) \
+        if cfg.profile_contexts else {}
     tokens = step * tokens_per_step
     timed_steps = step - warmup  # none when a report stopped the trial inside the warmup
     tokens_per_s = timed_steps * tokens_per_step / timed_seconds if timed_steps > 0 else tokens / train_seconds
@@ -203,6 +206,7 @@ def train(config: TrialConfig, report: Report | None = None, progress: bool = Fa
         "flops_per_token": flops_per_token,
         "params": config.model.params(data.vocab_size),
         **head_diversity(model.attention_layers()),
+        **profiled,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "data": data.description,
         "curve": curve,

@@ -69,7 +69,10 @@ BAD = [
     ("objectives", {"kv_cache_bytes": "min"}, "objectives"),                     # no val_bpb
     ("objectives", {"val_bpb": "min"}, "objectives"),                            # no cost
     ("objectives", {"val_bpb": "min", "loss": "min"}, "objectives.loss"),        # unknown objective
-    ("objectives", {"val_bpb": "min", "decode_ms": "min"}, "objectives"),        # no profiler yet
+    ("objectives", {"val_bpb": "min", "decode_ms": "min"}, "train.profile_contexts"),  # nothing profiled
+    ("train.profile_contexts", [2048, 0], "train.profile_contexts.1"),
+    ("train.profile_contexts", [1 << 30], "train.profile_contexts.0"),
+    ("train.profile_batch", 0, "train.profile_batch"),
     ("objectives", {"val_bpb": "min", "params": "down"}, "objectives.params"),   # bad direction
     ("objectives", ["val_bpb", "params"], "objectives"),
     ("objectives", DELETE, "objectives"),
@@ -206,8 +209,11 @@ def test_messages_name_the_offending_value(base):
     assert high.got == 32  # the value the user wrote, not the first step past head_dim
     assert "d64 repeated" in rejected(edited(base, "space.sizes", [SIZES[0], SIZES[0]]), "space.sizes").expected
     assert rejected(edited(base, "train.tokens", 1000), "train.tokens").got == 1000
-    assert "decode" in rejected(edited(base, "objectives", {"val_bpb": "min", "decode_ms": "min"}),
-                                "objectives").expected
+    assert "decode_ms" in rejected(edited(base, "objectives", {"val_bpb": "min", "decode_ms": "min"}),
+                                   "train.profile_contexts").expected
+    profiled = edited(edited(base, "objectives", {"val_bpb": "min", "decode_ms": "min"}),
+                      "train.profile_contexts", [64, 128])
+    assert parse_spec(profiled).objectives == {"val_bpb": "min", "decode_ms": "min"}
     for err in (rejected(edited(base, "baselines", ["gqa"]), "baselines"),
                 rejected(edited(base, "space.sizes", [SIZES[0], SIZES[0]]), "space.sizes")):
         assert str(err).count(", got ") == 1, str(err)

@@ -209,3 +209,22 @@ def test_same_name_at_once_one_wins_and_other_sweeps_stay_apart(tmp_path):
         _, runs = mlflow_runs(ws, name)  # each sweep's runs live in its own experiment
         children = [r for r in runs if r.data.tags.get("lrkv.role") == "trial"]
         assert {r.info.run_id for r in children} == {t.user_attrs["mlflow_run_id"] for t in launched(study)}
+
+
+def test_decode_ms_as_an_objective(tmp_path):
+    """A sweep can trade loss against measured decode time: the profiler's numbers reach the study and MLflow."""
+    train = {"batch_size": 8, "eval_every": 4, "eval_blocks": 8, "profile_contexts": [16, 32], "profile_batch": 2}
+    spec = write_spec(tmp_path / "sweep.yaml", "decode", trials=3, objectives={"val_bpb": "min", "decode_ms": "min"},
+                      baselines=["mha"], train=train)
+    ws = tmp_path / "ws"
+    done = lrkv("sweep", "run", str(spec), "--workspace", str(ws), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = [t for t in launched(load(ws, "decode")) if t.state == TrialState.COMPLETE]
+    assert trials
+    _, runs = mlflow_runs(ws, "decode")
+    by_number = {int(r.data.tags["optuna.trial_number"]): r for r in runs if r.data.tags.get("lrkv.role") == "trial"}
+    for t in trials:
+        metrics = by_number[t.number].data.metrics
+        assert metrics["decode_ms"] == pytest.approx(t.values[1]) and t.values[1] > 0
+        assert metrics["decode_ms_at_32"] == metrics["decode_ms"]
+        assert {"decode_ms_at_16", "decode_floor_fraction_at_16", "decode_floor_fraction_at_32"} <= set(metrics)

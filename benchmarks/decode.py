@@ -1,0 +1,233 @@
+"""One decode step of attention on one GPU: the fused LRKV kernel against MHA, GQA-4, plain-PyTorch LRKV
+and the bandwidth floor, all measured in the same run on the same card.
+
+Every LRKV cell is first checked against an fp64 reference (two sequences of the cell, full and
+ragged lengths; every tiling at each rank's first cell, the default tiling at the others): bf16
+relative error must stay ≤ 1e-2 or the script stops.
+Timings replay a CUDA graph of many decode steps; a small cache is cycled through enough copies
+that each step reads it from HBM, not from L2. The floor is the cache's bytes over the
+device-to-device copy bandwidth (bytes read + written per second) measured here.
+
+    python3 benchmarks/decode.py                       # H=16, d_h=128, the issue's full grid
+    python3 benchmarks/decode.py --batch 8 --context 32768 --ranks 64
+
+Writes benchmarks/results/decode-<card>.json and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import re
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import triton
+from triton.runtime.errors import OutOfResources
+
+from lrkv.kernels.fused.decode import decode
+from lrkv.kernels.lrkv import attend_compressed
+from lrkv.kernels.ops import rms_norm
+
+RESULTS = Path(__file__).parent / "results"
+THETA = 10000.0
+TILINGS = [  # (block_t, num_warps, num_stages, min_tiles, waves); the first is the kernel's default
+    (32, 4, 2, 4, 16), (64, 4, 2, 4, 16), (32, 2, 2, 4, 32), (64, 8, 2, 4, 8), (16, 2, 2, 8, 32), (32, 4, 3, 8, 8)]
+
+
+def copy_bandwidth(device, nbytes=2 << 30) -> float:
+    """Bytes moved (read + written) per second by a device-to-device copy."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    ms = graph_ms(lambda i: dst.copy_(src), copies=1, calls=10)
+    return 2 * nbytes / (ms * 1e-3)
+
+
+def graph_ms(step, copies: int, calls: int | None = None) -> float:
+    """Median milliseconds of one `step(i)`, replayed from a CUDA graph that cycles through `copies`."""
+    calls = max(copies, calls or 10)
+    for i in range(min(copies, 2)):
+        step(i)  # compile and autotune outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(calls):
+            step(i % copies)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    graph.replay()
+    times = []
+    for _ in range(5):
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / calls)
+    del graph
+    return statistics.median(times)
+
+
+def copies_for(nbytes: int, device) -> int:
+    """Enough copies that cycling through them evicts each from L2 before it is read again."""
+    l2 = torch.cuda.get_device_properties(device).L2_cache_size
+    return max(1, math.ceil(3 * l2 / nbytes))
+
+
+def lrkv_cache(B, T, H, dh, r, device, gen):
+    rows = {"k_shared": torch.randn(B, T, dh, device=device, generator=gen),
+            "v_shared": torch.randn(B, T, dh, device=device, generator=gen),
+            "r_k": torch.randn(B, T, H, r, device=device, generator=gen),
+            "r_v": torch.randn(B, T, H, r, device=device, generator=gen)}
+    rows = {k: v.to(torch.bfloat16) for k, v in rows.items()}
+    ups = [(torch.randn(H, r, dh, device=device, generator=gen) * max(r, 1) ** -0.5).to(torch.bfloat16)
+           for _ in range(2)]
+    q = rms_norm(torch.randn(B, H, dh, device=device, generator=gen)).to(torch.bfloat16)
+    return q, rows, ups[0], ups[1]
+
+
+def fused(q, rows, k_up, v_up, lengths, tiling=TILINGS[0], out=None):
+    block_t, warps, stages, min_tiles, waves = tiling
+    return decode(q, rows["k_shared"], rows["v_shared"], rows["r_k"], rows["r_v"], k_up, v_up, lengths,
+                  norm=True, rope_theta=THETA, block_t=block_t, num_warps=warps, num_stages=stages,
+                  min_tiles=min_tiles, waves=waves, out=out)
+
+
+def reference_error(q, rows, k_up, v_up, lengths, out) -> float:
+    """Worst relative error of `out` over two sequences, against the fp64 reference of each alone."""
+    worst = 0.0
+    for b in sorted({0, q.size(0) - 1}):
+        n = int(lengths[b])
+        one = {k: v[b:b + 1, :n].double() for k, v in rows.items()}
+        mask = torch.ones(1, n, dtype=torch.bool, device=q.device)
+        ref = attend_compressed(q[b:b + 1].double(), one, mask, k_up.double(), v_up.double(), norm=True,
+                                rope_theta=THETA)
+        worst = max(worst, float((out[b:b + 1].double() - ref).norm() / ref.norm()))
+    return worst
+
+
+def fits(q, rows, k_up, v_up, tiling) -> bool:
+    """Whether a tiling compiles within the card's shared memory and registers."""
+    try:
+        fused(q, rows, k_up, v_up, torch.full((q.size(0),), 1, device=q.device), tiling)
+        return True
+    except OutOfResources:
+        return False
+
+
+def check(q, rows, k_up, v_up, tilings) -> float:
+    """Full and ragged lengths, every tiling, poisoned output; returns the worst relative error."""
+    B, T = q.size(0), rows["k_shared"].size(1)
+    full = torch.full((B,), T, device=q.device)
+    ragged = torch.randint(1, T + 1, (B,), device=q.device)
+    ragged[0] = max(1, T // 3)
+    worst = 0.0
+    for lengths in (full, ragged):
+        for tiling in tilings:
+            out = torch.full_like(q, float("nan"))
+            fused(q, rows, k_up, v_up, lengths, tiling, out=out)
+            err = reference_error(q, rows, k_up, v_up, lengths, out)
+            if not err <= 1e-2:
+                raise SystemExit(f"check failed: B={B} T={T} r={k_up.size(1)} tiling={tiling}: rel err {err:.3g}")
+            worst = max(worst, err)
+    return worst
+
+
+def time_lrkv(B, T, H, dh, r, device, gen, tilings, plain: bool, check_all: bool) -> dict:
+    q, rows, k_up, v_up = lrkv_cache(B, T, H, dh, r, device, gen)
+    nbytes = sum(t.nbytes for t in rows.values())
+    tilings = [t for t in tilings if fits(q, rows, k_up, v_up, t)]
+    err = check(q, rows, k_up, v_up, tilings if check_all else tilings[:1])
+    cell = {"B": B, "T": T, "r": r, "cache_bytes": nbytes, "max_rel_err": err}
+    copies = copies_for(nbytes, device)
+    stock = [rows] + [{k: v.clone() for k, v in rows.items()} for _ in range(copies - 1)]
+    lengths = torch.full((B,), T, device=device)
+    out = torch.empty_like(q)
+    by_tiling = {}
+    for tiling in tilings:
+        by_tiling[str(tiling)] = graph_ms(lambda i: fused(q, stock[i], k_up, v_up, lengths, tiling, out=out), copies)
+    best = min(by_tiling, key=by_tiling.get)
+    cell.update(fused_ms=by_tiling[best], best_tiling=best, fused_ms_by_tiling=by_tiling)
+    if plain:
+        mask = torch.ones(B, T, dtype=torch.bool, device=device)
+        try:
+            cell["plain_ms"] = graph_ms(lambda i: attend_compressed(q, stock[i], mask, k_up, v_up, norm=True,
+                                                                    rope_theta=THETA), copies)
+        except torch.OutOfMemoryError:
+            cell["plain_ms"] = None
+    del stock, rows
+    torch.cuda.empty_cache()
+    return cell
+
+
+def time_sdpa(B, T, H, kv_heads, dh, device, gen) -> float:
+    """Best stock decode path: flash SDPA over a (B, kv, T, d_h) cache; a GQA group's queries ride as
+    extra query rows of their K/V head, so no K/V is repeated."""
+    k = torch.randn(B, kv_heads, T, dh, device=device, generator=gen, dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    q = torch.randn(B, kv_heads, H // kv_heads, dh, device=device, generator=gen, dtype=torch.bfloat16)
+    copies = copies_for(k.nbytes + v.nbytes, device)
+    stock = [(k, v)] + [(k.clone(), v.clone()) for _ in range(copies - 1)]
+    ms = graph_ms(lambda i: F.scaled_dot_product_attention(q, *stock[i]), copies)
+    del stock, k, v
+    torch.cuda.empty_cache()
+    return ms
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--context", type=int, nargs="+", default=[2048, 8192, 32768])
+    parser.add_argument("--ranks", type=int, nargs="+", default=[16, 32, 64, 128])
+    parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--no-plain", action="store_true", help="skip the plain-PyTorch LRKV baseline")
+    parser.add_argument("--tag", default="", help="suffix of the result file name")
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    gen = torch.Generator(device=device).manual_seed(0)
+    H, dh = args.heads, args.head_dim
+    t0 = time.perf_counter()
+    bandwidth = copy_bandwidth(device)
+    print(f"copy bandwidth {bandwidth / 1e12:.3f} TB/s", flush=True)
+
+    cells, checked = [], set()
+    for B in args.batch:
+        for T in args.context:
+            mha = time_sdpa(B, T, H, H, dh, device, gen)
+            gqa = time_sdpa(B, T, H, 4, dh, device, gen)
+            for r in args.ranks:
+                cell = time_lrkv(B, T, H, dh, r, device, gen, TILINGS, plain=not args.no_plain,
+                                 check_all=r not in checked)
+                checked.add(r)
+                cell.update(mha_ms=mha, gqa4_ms=gqa, floor_ms=cell["cache_bytes"] / bandwidth * 1e3)
+                cells.append(cell)
+                print(f"B={B:>2} T={T:>5} r={r:>3}  fused {cell['fused_ms']:.4f} ms  floor {cell['floor_ms']:.4f}  "
+                      f"mha {mha:.4f}  err {cell['max_rel_err']:.2e}  {cell['best_tiling']}", flush=True)
+
+    card = torch.cuda.get_device_name(device)
+    env = {"card": card, "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
+           "date": time.strftime("%Y-%m-%d"), "copy_bandwidth_bytes_per_s": bandwidth, "heads": H, "head_dim": dh,
+           "dtype": "bfloat16", "seconds": time.perf_counter() - t0, "args": vars(args)}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    tag = f"-{args.tag}" if args.tag else ""
+    out = RESULTS / f"decode-{re.sub(r'[^A-Za-z0-9]+', '_', card)}{tag}.json"
+    out.write_text(json.dumps({"env": env, "cells": cells}, indent=1) + "\n")
+
+    print(f"\n{card} · torch {env['torch']} · triton {env['triton']} · H={H} d_h={dh} bf16 · "
+          f"copy {bandwidth / 1e12:.3f} TB/s · times in ms")
+    print(f"{'B':>3} {'T':>6} {'r':>4} {'floor':>8} {'fused':>8} {'÷floor':>7} {'plain':>8} {'mha':>8} {'gqa4':>8} "
+          f"{'mha÷fused':>9} {'fused÷mha':>9}  best tiling")
+    for c in cells:
+        plain = f"{c['plain_ms']:.4f}" if c.get("plain_ms") else "-"
+        print(f"{c['B']:>3} {c['T']:>6} {c['r']:>4} {c['floor_ms']:>8.4f} {c['fused_ms']:>8.4f} "
+              f"{c['fused_ms'] / c['floor_ms']:>7.3f} {plain:>8} {c['mha_ms']:>8.4f} {c['gqa4_ms']:>8.4f} "
+              f"{c['mha_ms'] / c['fused_ms']:>9.3f} {c['fused_ms'] / c['mha_ms']:>9.3f}  {c['best_tiling']}")
+    print(f"written: {out}")
+
+
+if __name__ == "__main__":
+    main()

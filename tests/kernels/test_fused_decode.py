@@ -1,0 +1,88 @@
+"""The fused LRKV decode kernel (Triton; interpreted on the CPU) against the fp64 reference."""
+import pytest
+import torch
+
+from lrkv.kernels import AttentionSpec, build_attention
+from lrkv.kernels.fused.decode import decode
+from lrkv.kernels.lrkv import attend_compressed
+
+THETA = 10000.0
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # on the CPU the kernel runs interpreted
+
+
+def compressed_cache(B, T, H, dh, r, lengths, seed, dtype=torch.float32):
+    """Random rows, with every slot at or past a sequence's length poisoned with NaN."""
+    g = torch.Generator().manual_seed(seed)
+    rows = {"k_shared": torch.randn(B, T, dh, generator=g), "v_shared": torch.randn(B, T, dh, generator=g),
+            "r_k": torch.randn(B, T, H, r, generator=g), "r_v": torch.randn(B, T, H, r, generator=g)}
+    lengths = torch.tensor(lengths)
+    dead = torch.arange(T)[None, :] >= lengths[:, None]
+    for t in rows.values():
+        t[dead] = float("nan")
+    up = [torch.randn(H, r, dh, generator=g) * max(r, 1) ** -0.5 for _ in range(2)]
+    q = torch.randn(B, H, dh, generator=g)
+    return (q.to(DEVICE, dtype), {k: v.to(DEVICE, dtype) for k, v in rows.items()}, up[0].to(DEVICE, dtype),
+            up[1].to(DEVICE, dtype), lengths.to(DEVICE))
+
+
+def reference(q, rows, k_up, v_up, lengths, norm, rope_theta):
+    T = rows["k_shared"].size(1)
+    mask = torch.arange(T, device=DEVICE)[None, :] < lengths[:, None]
+    clean = {k: torch.where(mask.view(*mask.shape, *[1] * (v.dim() - 2)), v, 0).double() for k, v in rows.items()}
+    return attend_compressed(q.double(), clean, mask, k_up.double(), v_up.double(), norm=norm, rope_theta=rope_theta)
+
+
+def run(q, rows, k_up, v_up, lengths, norm, rope_theta, **tiles):
+    out = torch.full_like(q, float("nan"))  # every element must be written
+    decode(q, rows["k_shared"], rows["v_shared"], rows["r_k"], rows["r_v"], k_up, v_up, lengths,
+           norm=norm, rope_theta=rope_theta, out=out, **tiles)
+    return out
+
+
+@pytest.mark.parametrize("dh,r", [(32, 0), (32, 4), (32, 16), (32, 32), (64, 64), (20, 6)])
+@pytest.mark.parametrize("norm,rope_theta", [(True, THETA), (False, None)])
+def test_matches_fp64_reference(dh, r, norm, rope_theta):
+    H = 4 if dh != 20 else 3
+    lengths = [37, 5, 64, 1]
+    q, rows, k_up, v_up, lengths = compressed_cache(4, 64, H, dh, r, lengths, seed=dh + r)
+    out = run(q, rows, k_up, v_up, lengths, norm, rope_theta, block_t=16, splits=3)
+    torch.testing.assert_close(out.double(), reference(q, rows, k_up, v_up, lengths, norm, rope_theta),
+                               rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("block_t,splits", [(16, 1), (16, None), (32, 2), (16, 100)])
+def test_tilings_agree(block_t, splits):
+    """Every tile size and split count gives the same answer (more splits than tiles included)."""
+    q, rows, k_up, v_up, lengths = compressed_cache(2, 70, 4, 32, 16, [70, 33], seed=7)
+    out = run(q, rows, k_up, v_up, lengths, True, THETA, block_t=block_t, splits=splits)
+    torch.testing.assert_close(out.double(), reference(q, rows, k_up, v_up, lengths, True, THETA),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_bf16_within_tolerance():
+    q, rows, k_up, v_up, lengths = compressed_cache(2, 48, 4, 32, 16, [48, 20], seed=3, dtype=torch.bfloat16)
+    out = run(q, rows, k_up, v_up, lengths, True, THETA, block_t=16)
+    expected = reference(q, rows, k_up, v_up, lengths, True, THETA)
+    assert ((out.double() - expected).norm() / expected.norm()) < 1e-2
+
+
+def test_layer_decode_through_kernel_matches_forward(monkeypatch):
+    """An LRKV layer decoding token by token through the kernel reproduces its training forward."""
+    spec = AttentionSpec("lrkv", 64, 4, rank=16)
+    torch.manual_seed(0)
+    layer = build_attention(spec).to(DEVICE)
+    x = torch.randn(2, 9, 64, device=DEVICE)
+    full = layer(x)
+    cache = layer.allocate_cache(2, 12, fill=float("nan"))
+    monkeypatch.setattr(type(cache), "attend_reference", lambda self, *a: pytest.fail("reference used"))
+    if DEVICE == "cpu":  # take the CUDA branch with CPU tensors, for the interpreter
+        monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    steps = torch.stack([layer.decode(x[:, t], cache) for t in range(x.size(1))], dim=1)
+    torch.testing.assert_close(steps, full, rtol=1e-4, atol=1e-4)
+
+
+def test_shape_mismatch_names_the_argument():
+    q, rows, k_up, v_up, lengths = compressed_cache(2, 8, 4, 32, 16, [8, 8], seed=0)
+    with pytest.raises(ValueError, match="r_v: expected shape"):
+        decode(q, rows["k_shared"], rows["v_shared"], rows["r_k"], rows["r_v"][:, :, :2], k_up, v_up, lengths,
+               norm=True, rope_theta=THETA)
