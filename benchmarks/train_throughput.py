@@ -4,7 +4,10 @@ Each configuration runs `lrkv.workers.train.train` (bf16 autocast, torch.compile
 embedded corpus; tokens/s leaves out the first steps (compilation). All rows come from one process
 on one card, so the ratios compare like with like.
 
-    python benchmarks/train_throughput.py --sizes 768x12x6 --kinds mha lrkv64 --steps 40
+    python benchmarks/train_throughput.py --sizes 768x12x6 --kinds mha lrkv64 lrkv64-unfused --steps 40
+
+`lrkv64` builds keys and values with the fused Triton op; `lrkv64-unfused` with the plain composition
+(einsum, norm, RoPE), which torch.compile fuses as it can.
 
 Writes benchmarks/results/train_throughput-<card>.json and prints a table.
 """
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from lrkv.kernels import lrkv as lrkv_module
 from lrkv.workers.config import TrialConfig
 from lrkv.workers.train import train
 
@@ -26,8 +30,8 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def attention_for(kind: str, d_model: int, n_heads: int) -> dict:
-    """'mha', 'mqa', 'gqa4', 'mla', 'lrkv64' -> an attention mapping."""
-    name, number = re.fullmatch(r"([a-z]+)(\d*)", kind).groups()
+    """'mha', 'mqa', 'gqa4', 'mla', 'lrkv64', 'lrkv64-unfused' -> an attention mapping."""
+    name, number = re.fullmatch(r"([a-z]+)(\d*)(?:-unfused)?", kind).groups()
     attention = {"kind": name, "d_model": d_model, "n_heads": n_heads}
     if name == "lrkv":
         attention["rank"] = int(number)
@@ -56,11 +60,12 @@ def main() -> None:
                 "train": {"tokens": args.steps * args.batch_size * args.seq_len, "batch_size": args.batch_size,
                           "optimizer": args.optimizer, "eval_every": args.steps, "eval_blocks": 16},
             })
+            lrkv_module.FUSED_TRAINING = not kind.endswith("-unfused")
             record = train(trial)
             rows.append({"size": size, "kind": kind, **{k: record[k] for k in (
                 "tokens_per_s", "mfu", "peak_memory_bytes", "flops_per_token", "params",
                 "kv_cache_bytes_per_token", "val_bpb", "steps", "device")}})
-            print(f"{size:>10} {kind:>8} {record['tokens_per_s']:>12,.0f} tok/s  mfu {record['mfu'] or 0:.3f}", flush=True)
+            print(f"{size:>10} {kind:>14} {record['tokens_per_s']:>12,.0f} tok/s  mfu {record['mfu'] or 0:.3f}", flush=True)
 
     base = {r["size"]: r["tokens_per_s"] for r in rows if r["kind"] == args.kinds[0]}
     for r in rows:
@@ -73,10 +78,10 @@ def main() -> None:
     out.write_text(json.dumps({"env": env, "rows": rows}, indent=1) + "\n")
 
     print(f"\n{card} · torch {env['torch']} · batch {args.batch_size}×{args.seq_len} · bf16 · compiled · {args.optimizer}")
-    print(f"{'size':>10} {'kind':>8} {'tokens/s':>12} {'vs ' + args.kinds[0]:>8} {'MFU':>6} {'peak GiB':>9} {'KV B/tok':>9}")
+    print(f"{'size':>10} {'kind':>14} {'tokens/s':>12} {'vs ' + args.kinds[0]:>8} {'MFU':>6} {'peak GiB':>9} {'KV B/tok':>9}")
     for r in rows:
         ratio = r["ratio_vs_" + args.kinds[0]]
-        print(f"{r['size']:>10} {r['kind']:>8} {r['tokens_per_s']:>12,.0f} {ratio:>8.3f} {r['mfu'] or 0:>6.3f} "
+        print(f"{r['size']:>10} {r['kind']:>14} {r['tokens_per_s']:>12,.0f} {ratio:>8.3f} {r['mfu'] or 0:>6.3f} "
               f"{r['peak_memory_bytes'] / 2**30:>9.2f} {r['kv_cache_bytes_per_token']:>9,}")
     print(f"written: {out}")
 

@@ -15,6 +15,7 @@ from .ops import rms_norm, rope
 from .spec import AttentionSpec
 
 RESIDUAL_SCALE = 0.1  # ‖U_h B_hᵀ‖_F at init, relative to ‖W_shared‖_F (the paper's recipe)
+FUSED_TRAINING = True  # on CUDA, build keys/values with the fused Triton op (benchmarks switch it off to compare)
 
 
 def reconstruct(shared: torch.Tensor, latent: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -103,11 +104,18 @@ class LowRankKVAttention(Attention):
         s = self.spec
         positions = torch.arange(x.size(1), device=x.device)
         q, rows = self._project(x)
-        k = reconstruct(rows["k_shared"], rows["r_k"], self.k_up)
-        v = reconstruct(rows["v_shared"], rows["r_v"], self.v_up)
-        if s.qk_norm:
-            k = rms_norm(k)
-        q, k = rope(q, positions, s.rope_theta), rope(k, positions, s.rope_theta)
+        if x.is_cuda and FUSED_TRAINING:  # one Triton pass per K and V: no (B, T, H, dh) intermediates kept
+            from .fused.reconstruct import reconstruct as fused
+            dtype = rows["r_k"].dtype
+            k = fused(rows["k_shared"], rows["r_k"], self.k_up.to(dtype), norm=s.qk_norm, rope_theta=s.rope_theta)
+            v = fused(rows["v_shared"], rows["r_v"], self.v_up.to(dtype), norm=False, rope_theta=None)
+        else:
+            k = reconstruct(rows["k_shared"], rows["r_k"], self.k_up)
+            v = reconstruct(rows["v_shared"], rows["r_v"], self.v_up)
+            if s.qk_norm:
+                k = rms_norm(k)
+            k = rope(k, positions, s.rope_theta)
+        q = rope(q, positions, s.rope_theta)
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
         return self.project_out(out.transpose(1, 2))
 

@@ -417,3 +417,13 @@ def test_sweep_run_bad_spec_exit_2_and_writes_nothing(tmp_path, base):
         assert lines[0].startswith(f"error: {field or folder / 'bad.yaml'}: expected "), (case, stderr)
         assert not (folder / "ws").exists(), case
         assert sorted(p.name for p in folder.iterdir()) == (["bad.yaml"] if case != "missing" else []), case
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_specs_load(path):
+    """Every spec in sweeps/ is valid as shipped, and grids enumerate exactly their trial budget."""
+    from lrkv.orchestrator import search
+    spec = load_spec(path)
+    points = search.finite_points(spec)
+    if spec.sampler.kind == "grid":
+        assert len(points) == spec.budget.trials
