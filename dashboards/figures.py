@@ -1,8 +1,8 @@
 """Pareto figures of a sweep, for its MLflow parent run: an interactive HTML page (plotly) and a PNG
 (matplotlib) of validation bits per byte against each cost the trials carry.
 
-One panel per cost axis: KV-cache bytes per token always, training FLOPs per token and decode ms per
-token when the records have them. In each panel every model size is one trace (one colour); the
+One panel per cost axis: KV-cache bytes per token always, training FLOPs per token and decode ms (one
+decode step's attention over every layer, at the largest profiled context) when the records have them. In each panel every model size is one trace (one colour); the
 attention kind is the marker (LRKV a circle, baselines a star, diamond, square or triangle, with
 their label beside them); the points on that panel's 2-D front are drawn large and outlined and
 joined by the front's staircase. Each point carries its trial, variant, costs and a link to its child
@@ -27,7 +27,7 @@ from .pareto import front_ranks
 AXES: dict[str, tuple[str, bool]] = {
     "kv_cache_bytes": ("KV-cache bytes per token", True),
     "flops_per_token": ("training FLOPs per token", False),
-    "decode_ms": ("decode ms per token", False),
+    "decode_ms": ("decode ms per step (attention, all layers)", False),
 }
 # Attention kind -> marker (plotly, matplotlib); LRKV is the swept variant, the rest are baselines.
 SYMBOLS = {"lrkv": ("circle", "o"), "mha": ("star", "*"), "gqa": ("diamond", "D"), "mqa": ("square", "s"),
@@ -143,7 +143,7 @@ def hover_text(row: dict, link: str) -> str:
     if row.get("flops_per_token") is not None:
         lines.append(f"train FLOPs/token {row['flops_per_token']:,.4g}")
     if row.get("decode_ms") is not None:
-        lines.append(f"decode {row['decode_ms']:.4g} ms/token")
+        lines.append(f"decode {row['decode_ms']:.4g} ms/step")
     if row.get("mlflow_run_id"):
         lines.append(f"run {row['mlflow_run_id']}" + (" · click to open" if link else ""))
     return "<br>".join(lines)

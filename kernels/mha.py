@@ -31,9 +31,9 @@ class GroupedQueryAttention(Attention):
 
     def _qkv(self, x: torch.Tensor, positions: torch.Tensor):
         s = self.spec
-        q = (x @ self.q.t()).unflatten(-1, (self.H, self.dh))
-        k = (x @ self.k.t()).unflatten(-1, (s.n_kv_heads, self.dh))
-        v = (x @ self.v.t()).unflatten(-1, (s.n_kv_heads, self.dh))
+        q, k, v = self.project_in(x, "q", "k", "v")
+        q = q.unflatten(-1, (self.H, self.dh))
+        k, v = k.unflatten(-1, (s.n_kv_heads, self.dh)), v.unflatten(-1, (s.n_kv_heads, self.dh))
         if s.qk_norm:
             q, k = rms_norm(q), rms_norm(k)
         return rope(q, positions, s.rope_theta), rope(k, positions, s.rope_theta), v

@@ -36,10 +36,10 @@ class MultiHeadLatentAttention(Attention):
 
     def _project(self, x: torch.Tensor, positions: torch.Tensor):
         s = self.spec
-        q = (x @ self.q.t()).unflatten(-1, (self.H, self.dh + s.rope_dim))
-        q_nope, q_rope = q.split([self.dh, s.rope_dim], dim=-1)
-        c = rms_norm(x @ self.kv_down.t())
-        k_rope = rope((x @ self.k_rope.t())[:, :, None, :], positions, s.rope_theta)  # (B, T, 1, dr)
+        q, c, k_rope = self.project_in(x, "q", "kv_down", "k_rope")
+        q_nope, q_rope = q.unflatten(-1, (self.H, self.dh + s.rope_dim)).split([self.dh, s.rope_dim], dim=-1)
+        c = rms_norm(c)
+        k_rope = rope(k_rope[:, :, None, :], positions, s.rope_theta)  # (B, T, 1, dr)
         return q_nope, rope(q_rope, positions, s.rope_theta), c, k_rope
 
     def bilinear_factors(self):

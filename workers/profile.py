@@ -3,12 +3,15 @@
 Per context T it allocates each attention layer's own cache (B sequences × T tokens, bf16 on the
 GPU), fills it, and times `cache.attend` for every layer in turn: on CUDA as a replayed CUDA graph
 (the fused LRKV kernel, flash SDPA for MHA/GQA/MQA, the absorbed MLA path), on the CPU with a wall
-clock. It also reports the fraction of the bandwidth floor reached: the caches' bytes over the
-device-to-device copy bandwidth measured in the same process.
+clock. Small caches are cycled through enough copies that every step reads from HBM, not L2. It
+also reports the fraction of the bandwidth floor reached: the caches' bytes over the device-to-device
+copy bandwidth measured in the same process. Trials that share a GPU share its bandwidth too, so a
+packed trial's decode numbers are what it got beside its neighbours.
 """
 from __future__ import annotations
 
 import functools
+import math
 import statistics
 import time
 
@@ -24,25 +27,26 @@ def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> float:
         nbytes = 1 << 26
     src = torch.empty(nbytes, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    seconds = _seconds(lambda: dst.copy_(src), device)
+    seconds = _seconds(lambda i: dst.copy_(src), device)
     return 2 * nbytes / seconds
 
 
-def _seconds(step, device: torch.device, calls: int = 10) -> float:
-    """Median seconds of one `step()`; on CUDA replayed from a graph of `calls` steps."""
-    step()
+def _seconds(step, device: torch.device, copies: int = 1) -> float:
+    """Median seconds of one `step(i)`, i cycling through `copies`; on CUDA replayed from a graph."""
+    step(0)
     if device.type != "cuda":
         times = []
-        for _ in range(5):
+        for i in range(5):
             t0 = time.perf_counter()
-            step()
+            step(i % copies)
             times.append(time.perf_counter() - t0)
         return statistics.median(times)
+    calls = max(copies, 10)
     torch.cuda.synchronize(device)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        for _ in range(calls):
-            step()
+        for i in range(calls):
+            step(i % copies)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     graph.replay()
     times = []
@@ -55,25 +59,31 @@ def _seconds(step, device: torch.device, calls: int = 10) -> float:
     return statistics.median(times)
 
 
+def _full_cache(layer: Attention, batch: int, T: int, dtype, device):
+    cache = layer.allocate_cache(batch, T, dtype=dtype, device=device)
+    for t in cache.tensors.values():
+        t.normal_()
+    cache.lengths.fill_(T)
+    return cache
+
+
 @torch.no_grad()
 def profile_decode(layers: list[Attention], contexts: list[int], batch: int, device: torch.device) -> dict:
     """{decode_ms_at_T, decode_floor_fraction_at_T for each T, and decode_ms at the largest T}."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     bandwidth = copy_bandwidth(device)
     record = {}
+    l2 = torch.cuda.get_device_properties(device).L2_cache_size if device.type == "cuda" else 0
     for T in sorted(contexts):
-        caches = []
-        for layer in layers:
-            cache = layer.allocate_cache(batch, T, dtype=dtype, device=device)
-            for t in cache.tensors.values():
-                t.normal_()
-            cache.lengths.fill_(T)
-            caches.append((cache, layer.attend_args(batch, dtype)))
-        seconds = _seconds(lambda: [cache.attend(*args, full=True) for cache, args in caches], device)
-        floor = sum(cache.nbytes for cache, _ in caches) / bandwidth
+        nbytes = sum(layer.spec.kv_cache_bytes_per_token(dtype) for layer in layers) * batch * T
+        copies = max(1, math.ceil(3 * l2 / nbytes))  # cycled, so each step reads its cache from HBM, not L2
+        sets = [[_full_cache(layer, batch, T, dtype, device) for layer in layers] for _ in range(copies)]
+        args = [layer.attend_args(batch, dtype) for layer in layers]
+        seconds = _seconds(lambda i: [cache.attend(*a, full=True) for cache, a in zip(sets[i], args)], device, copies)
+        floor = nbytes / bandwidth
         record[f"decode_ms_at_{T}"] = seconds * 1e3
         record[f"decode_floor_fraction_at_{T}"] = floor / seconds
-        del caches
+        del sets
     if contexts:
         record["decode_ms"] = record[f"decode_ms_at_{max(contexts)}"]
     if device.type == "cuda":
