@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import re
-import statistics
 import time
 from pathlib import Path
 
@@ -32,6 +30,7 @@ from triton.runtime.errors import OutOfResources
 from lrkv.kernels.fused.decode import decode
 from lrkv.kernels.lrkv import attend_compressed
 from lrkv.kernels.ops import rms_norm
+from lrkv.workers.profile import copies_past_l2, copy_bandwidth, step_seconds
 
 RESULTS = Path(__file__).parent / "results"
 THETA = 10000.0
@@ -39,42 +38,8 @@ TILINGS = [  # (block_t, num_warps, num_stages, min_tiles, waves); the first is 
     (32, 4, 2, 4, 16), (64, 4, 2, 4, 16), (32, 2, 2, 4, 32), (64, 8, 2, 4, 8), (16, 2, 2, 8, 32), (32, 4, 3, 8, 8)]
 
 
-def copy_bandwidth(device, nbytes=2 << 30) -> float:
-    """Bytes moved (read + written) per second by a device-to-device copy."""
-    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    ms = graph_ms(lambda i: dst.copy_(src), copies=1, calls=10)
-    return 2 * nbytes / (ms * 1e-3)
-
-
-def graph_ms(step, copies: int, calls: int | None = None) -> float:
-    """Median milliseconds of one `step(i)`, replayed from a CUDA graph that cycles through `copies`."""
-    calls = max(copies, calls or 10)
-    for i in range(min(copies, 2)):
-        step(i)  # compile and autotune outside the capture
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for i in range(calls):
-            step(i % copies)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    graph.replay()
-    times = []
-    for _ in range(5):
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / calls)
-    del graph
-    return statistics.median(times)
-
-
-def copies_for(nbytes: int, device) -> int:
-    """Enough copies that cycling through them evicts each from L2 before it is read again."""
-    l2 = torch.cuda.get_device_properties(device).L2_cache_size
-    return max(1, math.ceil(3 * l2 / nbytes))
+def graph_ms(step, copies: int) -> float:
+    return step_seconds(step, torch.device("cuda"), copies) * 1e3
 
 
 def lrkv_cache(B, T, H, dh, r, device, gen):
@@ -142,7 +107,7 @@ def time_lrkv(B, T, H, dh, r, device, gen, tilings, plain: bool, check_all: bool
     tilings = [t for t in tilings if fits(q, rows, k_up, v_up, t)]
     err = check(q, rows, k_up, v_up, tilings if check_all else tilings[:1])
     cell = {"B": B, "T": T, "r": r, "cache_bytes": nbytes, "max_rel_err": err}
-    copies = copies_for(nbytes, device)
+    copies = copies_past_l2(nbytes, device)
     stock = [rows] + [{k: v.clone() for k, v in rows.items()} for _ in range(copies - 1)]
     lengths = torch.full((B,), T, device=device)
     out = torch.empty_like(q)
@@ -169,7 +134,7 @@ def time_sdpa(B, T, H, kv_heads, dh, device, gen) -> float:
     k = torch.randn(B, kv_heads, T, dh, device=device, generator=gen, dtype=torch.bfloat16)
     v = torch.randn_like(k)
     q = torch.randn(B, kv_heads, H // kv_heads, dh, device=device, generator=gen, dtype=torch.bfloat16)
-    copies = copies_for(k.nbytes + v.nbytes, device)
+    copies = copies_past_l2(k.nbytes + v.nbytes, device)
     stock = [(k, v)] + [(k.clone(), v.clone()) for _ in range(copies - 1)]
     ms = graph_ms(lambda i: F.scaled_dot_product_attention(q, *stock[i]), copies)
     del stock, k, v

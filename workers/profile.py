@@ -27,11 +27,11 @@ def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> float:
         nbytes = 1 << 26
     src = torch.empty(nbytes, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    seconds = _seconds(lambda i: dst.copy_(src), device)
+    seconds = step_seconds(lambda i: dst.copy_(src), device)
     return 2 * nbytes / seconds
 
 
-def _seconds(step, device: torch.device, copies: int = 1) -> float:
+def step_seconds(step, device: torch.device, copies: int = 1) -> float:
     """Median seconds of one `step(i)`, i cycling through `copies`; on CUDA replayed from a graph."""
     step(0)
     if device.type != "cuda":
@@ -59,6 +59,12 @@ def _seconds(step, device: torch.device, copies: int = 1) -> float:
     return statistics.median(times)
 
 
+def copies_past_l2(nbytes: int, device: torch.device) -> int:
+    """Copies of an `nbytes` working set to cycle through so that each step reads it from HBM, not L2."""
+    l2 = torch.cuda.get_device_properties(device).L2_cache_size if device.type == "cuda" else 0
+    return max(1, math.ceil(3 * l2 / nbytes))
+
+
 def _full_cache(layer: Attention, batch: int, T: int, dtype, device):
     cache = layer.allocate_cache(batch, T, dtype=dtype, device=device)
     for t in cache.tensors.values():
@@ -73,13 +79,12 @@ def profile_decode(layers: list[Attention], contexts: list[int], batch: int, dev
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     bandwidth = copy_bandwidth(device)
     record = {}
-    l2 = torch.cuda.get_device_properties(device).L2_cache_size if device.type == "cuda" else 0
     for T in sorted(contexts):
         nbytes = sum(layer.spec.kv_cache_bytes_per_token(dtype) for layer in layers) * batch * T
-        copies = max(1, math.ceil(3 * l2 / nbytes))  # cycled, so each step reads its cache from HBM, not L2
+        copies = copies_past_l2(nbytes, device)
         sets = [[_full_cache(layer, batch, T, dtype, device) for layer in layers] for _ in range(copies)]
         args = [layer.attend_args(batch, dtype) for layer in layers]
-        seconds = _seconds(lambda i: [cache.attend(*a, full=True) for cache, a in zip(sets[i], args)], device, copies)
+        seconds = step_seconds(lambda i: [cache.attend(*a, full=True) for cache, a in zip(sets[i], args)], device, copies)
         floor = nbytes / bandwidth
         record[f"decode_ms_at_{T}"] = seconds * 1e3
         record[f"decode_floor_fraction_at_{T}"] = floor / seconds
