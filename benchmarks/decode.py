@@ -34,8 +34,8 @@ from lrkv.workers.profile import copies_past_l2, copy_bandwidth, step_seconds
 
 RESULTS = Path(__file__).parent / "results"
 THETA = 10000.0
-TILINGS = [  # (block_t, num_warps, num_stages, min_tiles, waves); the first is the kernel's default
-    (32, 4, 2, 4, 16), (64, 4, 2, 4, 16), (32, 2, 2, 4, 32), (64, 8, 2, 4, 8), (16, 2, 2, 8, 32), (32, 4, 3, 8, 8)]
+TILINGS = [  # (block_t, num_warps, num_stages, min_tiles, waves, heads_per_program); the first is the default
+    (32, 4, 2, 4, 16, None), (64, 4, 2, 4, 16, None), (32, 4, 2, 4, 16, 8), (32, 2, 2, 4, 32, 1)]
 
 
 def graph_ms(step, copies: int) -> float:
@@ -55,10 +55,10 @@ def lrkv_cache(B, T, H, dh, r, device, gen):
 
 
 def fused(q, rows, k_up, v_up, lengths, tiling=TILINGS[0], out=None):
-    block_t, warps, stages, min_tiles, waves = tiling
+    block_t, warps, stages, min_tiles, waves, heads = tiling
     return decode(q, rows["k_shared"], rows["v_shared"], rows["r_k"], rows["r_v"], k_up, v_up, lengths,
                   norm=True, rope_theta=THETA, block_t=block_t, num_warps=warps, num_stages=stages,
-                  min_tiles=min_tiles, waves=waves, out=out)
+                  min_tiles=min_tiles, waves=waves, heads_per_program=heads, out=out)
 
 
 def reference_error(q, rows, k_up, v_up, lengths, out) -> float:
@@ -142,6 +142,10 @@ def time_sdpa(B, T, H, kv_heads, dh, device, gen) -> float:
     return ms
 
 
+def write(path: Path, env: dict, cells: list) -> None:
+    path.write_text(json.dumps({"env": env, "cells": cells}, indent=1) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
@@ -155,9 +159,16 @@ def main() -> None:
     device = torch.device("cuda")
     gen = torch.Generator(device=device).manual_seed(0)
     H, dh = args.heads, args.head_dim
-    t0 = time.perf_counter()
     bandwidth = copy_bandwidth(device)
     print(f"copy bandwidth {bandwidth / 1e12:.3f} TB/s", flush=True)
+
+    card = torch.cuda.get_device_name(device)
+    env = {"card": card, "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
+           "date": time.strftime("%Y-%m-%d"), "copy_bandwidth_bytes_per_s": bandwidth, "heads": H, "head_dim": dh,
+           "dtype": "bfloat16", "args": vars(args)}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    tag = f"-{args.tag}" if args.tag else ""
+    out = RESULTS / f"decode-{re.sub(r'[^A-Za-z0-9]+', '_', card)}{tag}.json"
 
     cells, checked = [], set()
     for B in args.batch:
@@ -170,18 +181,11 @@ def main() -> None:
                 checked.add(r)
                 cell.update(mha_ms=mha, gqa4_ms=gqa, floor_ms=cell["cache_bytes"] / bandwidth * 1e3)
                 cells.append(cell)
+                write(out, env, cells)  # after every cell, so a run cut short keeps what it measured
                 print(f"B={B:>2} T={T:>5} r={r:>3}  fused {cell['fused_ms']:.4f} ms  floor {cell['floor_ms']:.4f}  "
                       f"mha {mha:.4f}  err {cell['max_rel_err']:.2e}  {cell['best_tiling']}", flush=True)
 
-    card = torch.cuda.get_device_name(device)
-    env = {"card": card, "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
-           "date": time.strftime("%Y-%m-%d"), "copy_bandwidth_bytes_per_s": bandwidth, "heads": H, "head_dim": dh,
-           "dtype": "bfloat16", "seconds": time.perf_counter() - t0, "args": vars(args)}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    tag = f"-{args.tag}" if args.tag else ""
-    out = RESULTS / f"decode-{re.sub(r'[^A-Za-z0-9]+', '_', card)}{tag}.json"
-    out.write_text(json.dumps({"env": env, "cells": cells}, indent=1) + "\n")
-
+    write(out, env, cells)
     print(f"\n{card} · torch {env['torch']} · triton {env['triton']} · H={H} d_h={dh} bf16 · "
           f"copy {bandwidth / 1e12:.3f} TB/s · times in ms")
     print(f"{'B':>3} {'T':>6} {'r':>4} {'floor':>8} {'fused':>8} {'÷floor':>7} {'plain':>8} {'mha':>8} {'gqa4':>8} "

@@ -48,7 +48,9 @@ def _split_kernel(Q, KS, VS, RK, RV, KUP, LENGTHS, INV_FREQ, COS, SIN, M, L, ACC
 
     if ROPE:  # rotations by a tile's row offsets; the tile's own angle is added per tile (angle addition)
         inv_freq = tl.load(INV_FREQ + offs_d, mask=d_ok, other=0.0)
-        table = offs_t[:, None] * HALF + offs_d[None, :]  # reloaded per tile (L1): fewer live registers
+        table = offs_t[:, None] * HALF + offs_d[None, :]
+        cos_off = tl.load(COS + table, mask=d_ok[None, :], other=0.0)
+        sin_off = tl.load(SIN + table, mask=d_ok[None, :], other=0.0)
 
     # Online-softmax state per head of the group (rows of padding heads stay finite and unused).
     m = tl.where(h_ok, float("-inf"), 0.0)
@@ -68,8 +70,6 @@ def _split_kernel(Q, KS, VS, RK, RV, KUP, LENGTHS, INV_FREQ, COS, SIN, M, L, ACC
         if ROPE:
             base = t0 * inv_freq
             c0, s0 = tl.cos(base), tl.sin(base)
-            cos_off = tl.load(COS + table, mask=d_ok[None, :], other=0.0)
-            sin_off = tl.load(SIN + table, mask=d_ok[None, :], other=0.0)
         s_all = tl.zeros((BLOCK_T, HEADS_P), tl.float32) + s_pad[None, :]
         for j in tl.static_range(HEADS):
             h = h0 + j
@@ -218,7 +218,7 @@ def _sm_count(device: torch.device) -> int:
 def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k: torch.Tensor,
            r_v: torch.Tensor, k_up: torch.Tensor, v_up: torch.Tensor, lengths: torch.Tensor, *,
            norm: bool, rope_theta: float | None, block_t: int = 32, num_warps: int = 4, num_stages: int = 2,
-           min_tiles: int = 4, waves: int = 16, splits: int | None = None, heads_per_program: int = 16,
+           min_tiles: int = 4, waves: int = 16, splits: int | None = None, heads_per_program: int | None = None,
            out: torch.Tensor | None = None) -> torch.Tensor:
     """Attention output (B, H, d_h) of q (B, H, d_h), already normalised and rotated, over an LRKV cache.
 
@@ -227,6 +227,8 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
     `splits` fixes the number of sequence chunks (by default: `waves` programs per multiprocessor, so
     enough loads are in flight, each streaming at least `min_tiles` tiles of `block_t` tokens so it
     amortises loading B_k,h);
+    `heads_per_program` heads share one program (a divisor of H at most this; by default as many as keep
+    their B_k within ~128 KB of shared memory, at most 16), so K_shared/V_shared tiles are read once per group;
     `out`, if given, receives the result.
     """
     B, H, dh = q.shape
@@ -242,7 +244,9 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
             raise ValueError(f"{name}: expected a unit stride in its last dim")
 
     half = dh // 2
-    heads = max(d for d in range(1, max(1, min(heads_per_program, H)) + 1) if H % d == 0)
+    if heads_per_program is None:  # B_k of the group's heads stays in shared memory: keep it to ~128 KB
+        heads_per_program = max(1, min(16, (128 << 10) // (_tile(r) * _tile(half) * 2 * k_up.element_size())))
+    heads = max(d for d in range(1, max(1, min(heads_per_program, H)) + 1) if H % d == 0)  # a divisor of H
     n_groups = triton.cdiv(H, heads)
     n_tiles = triton.cdiv(max(T_max, 1), block_t)
     if splits is None:

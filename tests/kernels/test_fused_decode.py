@@ -59,6 +59,17 @@ def test_tilings_agree(block_t, splits):
                                rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("heads_per_program,block_t", [(1, 16), (2, 32), (3, 16), (4, 16), (16, 32)])
+@pytest.mark.parametrize("r", [0, 16])
+def test_head_groups_agree(heads_per_program, block_t, r):
+    """Any number of heads per program (3 rounds down to a divisor of H = 4) gives the reference answer."""
+    q, rows, k_up, v_up, lengths = compressed_cache(2, 40, 4, 32, r, [40, 17], seed=11)
+    out = run(q, rows, k_up, v_up, lengths, True, THETA, block_t=block_t, splits=2,
+              heads_per_program=heads_per_program)
+    torch.testing.assert_close(out.double(), reference(q, rows, k_up, v_up, lengths, True, THETA),
+                               rtol=1e-4, atol=1e-4)
+
+
 def test_bf16_within_tolerance():
     q, rows, k_up, v_up, lengths = compressed_cache(2, 48, 4, 32, 16, [48, 20], seed=3, dtype=torch.bfloat16)
     out = run(q, rows, k_up, v_up, lengths, True, THETA, block_t=16)
