@@ -1,10 +1,11 @@
 """One LRKV decode step straight from the compressed cache, split over the sequence (flash-decoding).
 
-The split kernel streams a chunk of one sequence for one head; the programs of all heads of a chunk
-run side by side, so K_shared/V_shared come from HBM once and from L2 for the other heads. The key
-tile is rebuilt on chip (`R_k tile @ B_k,h` on the tensor cores, plus K_shared), normalised and
-rotated there, and per-head K/V never reach HBM. Values use associativity, so a split keeps `p·V_shared` (d_h) and `p·R_v,h`
-(r) per head. The reduce kernel merges the splits' online-softmax partials and applies B_v,h once.
+The split kernel streams a chunk of one sequence for a group of heads (one by default); the programs
+of all heads of a chunk run side by side, so K_shared/V_shared come from HBM once and from L2 for the
+others. The key tile is rebuilt on chip (`R_k tile @ B_k,h` on the tensor cores, plus K_shared), and
+RoPE and the norm enter the logit there; per-head K/V never reach HBM. Values use associativity, so a
+split keeps `p·V_shared` (d_h) and `p·R_v,h` (r) per head. The reduce kernel merges the splits'
+online-softmax partials and applies B_v,h once.
 """
 from __future__ import annotations
 
@@ -217,8 +218,8 @@ def _sm_count(device: torch.device) -> int:
 
 def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k: torch.Tensor,
            r_v: torch.Tensor, k_up: torch.Tensor, v_up: torch.Tensor, lengths: torch.Tensor, *,
-           norm: bool, rope_theta: float | None, block_t: int = 32, num_warps: int = 4, num_stages: int = 2,
-           min_tiles: int = 4, waves: int = 16, splits: int | None = None, heads_per_program: int | None = None,
+           norm: bool, rope_theta: float | None, block_t: int = 32, num_warps: int = 2, num_stages: int = 2,
+           min_tiles: int = 4, waves: int = 32, splits: int | None = None, heads_per_program: int | None = 1,
            out: torch.Tensor | None = None) -> torch.Tensor:
     """Attention output (B, H, d_h) of q (B, H, d_h), already normalised and rotated, over an LRKV cache.
 
@@ -227,8 +228,10 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
     `splits` fixes the number of sequence chunks (by default: `waves` programs per multiprocessor, so
     enough loads are in flight, each streaming at least `min_tiles` tiles of `block_t` tokens so it
     amortises loading B_k,h);
-    `heads_per_program` heads share one program (a divisor of H at most this; by default as many as keep
-    their B_k within ~128 KB of shared memory, at most 16), so K_shared/V_shared tiles are read once per group;
+    `heads_per_program` heads share one program (a divisor of H at most this; None: as many as keep
+    their B_k within ~128 KB of shared memory, at most 16), so K_shared/V_shared tiles are read once per
+    group. The defaults (one head, 2 warps, 32 waves) were fastest at every cell of benchmarks/decode.py
+    on an H100: the unrolled head groups spill registers;
     `out`, if given, receives the result.
     """
     B, H, dh = q.shape
