@@ -104,6 +104,7 @@ class SweepDriver:
         self.mlflow_down_since: float | None = None  # MLflow is derived from the study: it may lag, never lose
         self.last_sync = 0.0
         self.gap = 0  # trials the study has and MLflow lacks when the sweep ended
+        self.pending: list[tuple] = []  # told to the study, not yet logged to MLflow
 
     # -- lifecycle ----------------------------------------------------------------------------------
     @classmethod
@@ -184,6 +185,7 @@ class SweepDriver:
                     break
                 while not self.exhausted and len(self.active) < self.spec.budget.concurrency and self._budget_left():
                     self._launch_next(vocab)
+                self._flush_mlflow()
                 if not self.active:
                     break
                 ready, _ = ray.wait(list(self.active), num_returns=1, timeout=1.0)
@@ -306,10 +308,6 @@ class SweepDriver:
         for name, value in {"launched": True, "costs": costs, "point": point,
                             "label": config.model.attention.label, "config": config.to_dict()}.items():
             trial.set_user_attr(name, value)
-        run_id = self._mlflow(self.tracker.start_child, self.study.user_attrs["mlflow_parent_run_id"], trial.number,
-                              config.model.attention.label, params, config.to_dict(), self.spec.digest(), point)
-        if run_id:
-            trial.set_user_attr("mlflow_run_id", run_id)
         # References (baselines, anchors) always finish: every front and recommendation compares to them.
         reference = key in {search.point_key(p) for p in search.references(self.spec)}
         ray.get(self.board.register.remote(trial.number, params["size"], self._cost_tuple(costs), protected=reference))
@@ -319,6 +317,11 @@ class SweepDriver:
                            max_retries=res.max_retries, retry_exceptions=False).remote(
             config.to_dict(), trial.number, self.board, int(res.cpus_per_trial))
         self.active[ref] = Running(trial, params, key, config, costs)
+        # The child run opens while the trial already trains: the slot does not wait for MLflow.
+        run_id = self._mlflow(self.tracker.start_child, self.study.user_attrs["mlflow_parent_run_id"], trial.number,
+                              config.model.attention.label, params, config.to_dict(), self.spec.digest(), point)
+        if run_id:
+            trial.set_user_attr("mlflow_run_id", run_id)
 
     def _finish(self, ref: ray.ObjectRef) -> None:
         running = self.active.pop(ref)
@@ -349,11 +352,20 @@ class SweepDriver:
             self.study.tell(trial, [values[name] for name in self.spec.objectives])
         else:
             self.study.tell(trial, state=TrialState.PRUNED if status == "pruned" else TrialState.FAIL)
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        if run_id and self.mlflow_down_since is None:
-            self._mlflow(self.tracker.finish_child, run_id, status, record, reason, values)
-        else:
-            self.sync_mlflow()
+        self.pending.append((trial, status, record, reason, values))
+
+    def _flush_mlflow(self) -> None:
+        """Log the trials told since the last call to MLflow, then the front once. Called after the
+        freed slots are refilled, so a slot never waits for MLflow."""
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, []
+        for trial, status, record, reason, values in pending:
+            run_id = trial.user_attrs.get("mlflow_run_id")
+            if run_id and self.mlflow_down_since is None:
+                self._mlflow(self.tracker.finish_child, run_id, status, record, reason, values)
+            else:
+                self.sync_mlflow()
         self._mlflow(log_front, self.study, self.tracker, self.study.user_attrs["mlflow_parent_run_id"])
 
     def _mlflow(self, fn, *args):
@@ -392,6 +404,7 @@ class SweepDriver:
             # A trial stopped by the driver's own end is re-run on resume, so the budget does not count it.
             running.trial.set_user_attr("requeued", reason != "cancelled")
             self._record(running.trial, running, {"status": "failed", "reason": reason})
+        self._flush_mlflow()
 
     def _cost_tuple(self, costs: dict) -> tuple:
         return tuple(costs[name] for name in self.spec.objectives if name in costs)
