@@ -6,6 +6,7 @@ view; only the driver writes the Optuna study and MLflow, so workers need no sto
 """
 from __future__ import annotations
 
+import os
 import time
 import traceback
 
@@ -77,6 +78,11 @@ def trial_task(config: dict, number: int, board, threads: int) -> dict:
         return {"status": "failed", **failure(exc)}
     record["trial_seconds"] = time.time() - started
     record["started_at"] = started  # wall clock of the attempt that produced this record (retries start later)
+    record["ended_at"] = time.time()
+    # Where Ray placed it: the GPU ids it assigned and what the worker saw (placement is checked from these).
+    record["gpu_ids"] = [str(g) for g in ray.get_gpu_ids()]
+    record["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
+    record["node_id"] = ray.get_runtime_context().get_node_id()
     if record["stopped_early"]:  # a stop asked at the last evaluation changes nothing: the trial is complete
         return {"status": "pruned", "reason": stop[-1], "record": record}
     return {"status": "complete", "reason": None, "record": record}

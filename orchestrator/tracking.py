@@ -82,6 +82,8 @@ class Tracker:
                         if v is not None and (k in FINAL_METRICS or k.startswith(DECODE_METRICS))]
         metrics += [Metric(f"objective.{k}", float(v), now, 0) for k, v in (objectives or {}).items()]
         tags = [RunTag("lrkv.state", status)] + ([RunTag("lrkv.reason", reason[:4000])] if reason else [])
+        if record and record.get("gpu_ids"):  # where Ray placed the trial
+            tags.append(RunTag("lrkv.gpus", ",".join(record["gpu_ids"])))
         for i in range(0, len(metrics), 900):  # MLflow takes at most 1000 entities per batch
             self.client.log_batch(run_id, metrics=metrics[i:i + 900])
         self.client.log_batch(run_id, tags=tags)
