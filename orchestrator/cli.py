@@ -126,13 +126,18 @@ def _drive(driver) -> None:
 def sweep_run(spec_file: Path = typer.Argument(..., help="Sweep spec (YAML)."), workspace: Path | None = WorkspaceOpt,
               storage: str | None = StorageOpt, tracking_uri: str | None = TrackingOpt, address: str | None = AddressOpt,
               if_exists: str = typer.Option("fail", help="When the sweep's name exists: fail, or resume it "
-                                                         "(only if its spec is the same).")):
+                                                         "(only if its spec is the same)."),
+              stores_file: Path | None = typer.Option(None, "--stores-file", hidden=True,
+                                                      help="JSON {storage, tracking_uri} (what submit sends)")):
     """Run a sweep to its end here (local Ray unless --address), with a live view."""
     from lrkv.orchestrator.spec import load_spec
     if if_exists not in ("fail", "resume"):
         raise ConfigError("--if-exists", "fail or resume", if_exists)
     spec = load_spec(spec_file)  # before the heavy imports: a bad spec answers at once
     from lrkv.orchestrator.driver import SweepDriver, open_study
+    if stores_file:  # submitted: the store addresses (credentials included) travel in a file, not the command
+        sent = json.loads(stores_file.read_text())
+        storage, tracking_uri = storage or sent["storage"], tracking_uri or sent["tracking_uri"]
     stores = _stores(workspace, storage, tracking_uri, spec)
     address = address or os.environ.get("RAY_ADDRESS")
     if if_exists == "resume" and spec.name in _study_names(stores):
@@ -169,8 +174,12 @@ def sweep_submit(spec_file: Path = typer.Argument(..., help="Sweep spec (YAML)."
         raise ConfigError("--address", "a reachable Ray job API (http://HOST:8265)", f"{address} ({type(exc).__name__})") from None
     with tempfile.TemporaryDirectory() as folder:
         shutil.copy(spec_file, Path(folder) / "spec.yaml")
-        entrypoint = shlex.join(["lrkv", "sweep", "run", "spec.yaml", "--storage", stores.study_url,
-                                 "--tracking-uri", stores.tracking_uri, "--address", "auto"])
+        # The job's entrypoint is shown to anyone who can list jobs: the store addresses, which may hold
+        # a password, go in the job's package instead.
+        sent = Path(folder) / "stores.json"
+        sent.write_text(json.dumps({"storage": stores.study_url, "tracking_uri": stores.tracking_uri}))
+        sent.chmod(0o600)
+        entrypoint = shlex.join(["lrkv", "sweep", "run", "spec.yaml", "--stores-file", "stores.json", "--address", "auto"])
         for attempt in range(10):
             try:
                 job = client.submit_job(entrypoint=entrypoint, submission_id=f"lrkv-{spec.name}",

@@ -75,6 +75,12 @@ def test_submit_returns_at_once_and_the_cluster_runs_the_sweep(tmp_path, ray_hea
     assert "succeeded" in job("status"), job("logs")[-3000:]
     complete = [t for t in load(ws, "submitted").get_trials() if t.state == TrialState.COMPLETE]
     assert len(complete) == 2
+    # What anyone who can list the cluster's jobs sees: the job, but not the store addresses (they may
+    # carry a password); those travel inside the job's package.
+    listing = subprocess.run([RAY, "job", "list", "--address", address], env=env, capture_output=True, text=True,
+                             timeout=60).stdout
+    assert "lrkv-submitted" in listing and "--stores-file" in listing
+    assert str(ws) not in listing and "mlflow.db" not in listing
 
     again = subprocess.run([LRKV, "sweep", "submit", str(spec), "--address", address, "--workspace", str(ws)],
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
