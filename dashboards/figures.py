@@ -2,8 +2,8 @@
 (matplotlib) of validation bits per byte against each cost the trials carry.
 
 One panel per cost axis: KV-cache bytes per token always, training FLOPs per token and decode ms (one
-decode step's attention over every layer, at the largest profiled context) when the records have them. In each panel every model size is one trace (one colour); the
-attention kind is the marker (LRKV a circle, baselines a star, diamond, square or triangle, with
+decode step's attention over every layer, at the largest profiled context) when the records have
+them. In each panel every model size is one trace (one colour); the attention kind is the marker (LRKV a circle, baselines a star, diamond, square or triangle, with
 their label beside them); the points on that panel's 2-D front are drawn large and outlined and
 joined by the front's staircase. Each point carries its trial, variant, costs and a link to its child
 run (`#/experiments/<id>/runs/<id>`, relative to the MLflow UI's root): hover shows it, a click

@@ -21,8 +21,8 @@ class KVCache(DecodeCache):
         mask, rows = self.valid(full)
         k, v = rows["k"].transpose(1, 2), rows["v"].transpose(1, 2)  # (B, kv, T, dh)
         unmasked = full or bool(mask.all())  # no mask lets SDPA take its flash kernel
-        out = F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=None if unmasked else mask[:, None, None, :],
-                                             enable_gqa=k.size(1) != q.size(1))
+        attn_mask = None if unmasked else mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=attn_mask, enable_gqa=k.size(1) != q.size(1))
         return out[:, :, 0]
 
 

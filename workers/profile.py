@@ -84,7 +84,10 @@ def profile_decode(layers: list[Attention], contexts: list[int], batch: int, dev
         copies = copies_past_l2(nbytes, device)
         sets = [[_full_cache(layer, batch, T, dtype, device) for layer in layers] for _ in range(copies)]
         args = [layer.attend_args(batch, dtype) for layer in layers]
-        seconds = step_seconds(lambda i: [cache.attend(*a, full=True) for cache, a in zip(sets[i], args)], device, copies)
+        def step(i):
+            return [cache.attend(*a, full=True) for cache, a in zip(sets[i], args)]
+
+        seconds = step_seconds(step, device, copies)
         floor = nbytes / bandwidth
         record[f"decode_ms_at_{T}"] = seconds * 1e3
         record[f"decode_floor_fraction_at_{T}"] = floor / seconds

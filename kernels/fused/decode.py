@@ -276,5 +276,6 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
         PRECISION=precision, EPSILON=EPS,
         num_warps=num_warps, num_stages=num_stages)
     _reduce_kernel[(H, B)](m, l, acc_s, acc_r, v_up, lengths, out, out.stride(0), out.stride(1),
-                           v_up.stride(0), v_up.stride(1), split_len, n_splits, HALF=half, HALF_P=_tile(half), R=r, R_P=_tile(r), BLOCK_S=32)
+                           v_up.stride(0), v_up.stride(1), split_len, n_splits,
+                           HALF=half, HALF_P=_tile(half), R=r, R_P=_tile(r), BLOCK_S=32)
     return out
