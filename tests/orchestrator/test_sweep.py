@@ -122,7 +122,7 @@ def test_quickstart_style_sweep_end_to_end(tmp_path):
 def test_driver_killed_then_resumed_loses_nothing(tmp_path):
     """Kill the driver (SIGKILL, by its pid) mid-sweep; `lrkv sweep resume` finishes the budget without
     re-running a completed trial, fails and re-runs the interrupted ones, and leaves no run RUNNING."""
-    spec = write_spec(tmp_path / "sweep.yaml", "resumable", tokens=24576, trials=5,
+    spec = write_spec(tmp_path / "sweep.yaml", "resumable", tokens=49152, trials=5,
                       pruning={"enabled": False})
     ws = tmp_path / "ws"
     driver = subprocess.Popen([LRKV, "sweep", "run", str(spec), "--workspace", str(ws)], cwd=tmp_path,
@@ -135,10 +135,10 @@ def test_driver_killed_then_resumed_loses_nothing(tmp_path):
             study = load(ws, "resumable")
             before = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
             running = [t for t in study.get_trials() if t.state == TrialState.RUNNING]
-            if len(before) >= 2 and running:
+            if before and running:
                 break
         assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
-    assert len(before) >= 2, "the sweep made no progress"
+    assert before, "the sweep made no progress"
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
     driver.wait()
     interrupted = [t.number for t in load(ws, "resumable").get_trials() if t.state == TrialState.RUNNING]
