@@ -11,12 +11,17 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (x.size(-1),), eps=EPS)
 
 
+def rope_frequencies(half: int, theta: float, dtype: torch.dtype, device=None) -> torch.Tensor:
+    """theta^(-i/half) for i < half: the rotation speed of each pair of RoPE dims."""
+    return theta ** (-torch.arange(0, half, device=device, dtype=dtype) / half)
+
+
 def rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
     """Rotate x (B, T, heads, D) by its positions: (T,) shared by the batch, or (B, T) per sequence."""
     half = x.size(-1) // 2
     # fp64 stays fp64 so references are exact; everything else rotates in fp32.
     work = torch.float64 if x.dtype == torch.float64 else torch.float32
-    inv_freq = theta ** (-torch.arange(0, half, device=x.device, dtype=work) / half)
+    inv_freq = rope_frequencies(half, theta, work, x.device)
     angles = positions.to(work)[..., None] * inv_freq  # (T, half) or (B, T, half)
     if angles.dim() == 2:
         angles = angles[None]

@@ -98,6 +98,7 @@ app.add_typer(sweep_app, name="sweep")
 StorageOpt = typer.Option(None, "--storage", help="Optuna storage: SQLAlchemy URL or journal file [env LRKV_STORAGE].")
 TrackingOpt = typer.Option(None, "--tracking-uri", help="MLflow tracking URI [env LRKV_TRACKING_URI].")
 WorkspaceOpt = typer.Option(None, "--workspace", help="Folder of the embedded stores [env LRKV_WORKSPACE; ./lrkv-runs].")
+HostOpt = typer.Option("127.0.0.1", help="Interface to bind (local only by default).")
 AddressOpt = typer.Option(None, "--address", help="Ray cluster address [env RAY_ADDRESS]; default: a local Ray.")
 
 
@@ -293,7 +294,7 @@ def pareto(name: str, workspace: Path | None = WorkspaceOpt, storage: str | None
 @app.command()
 @user_errors
 def ui(workspace: Path | None = WorkspaceOpt, tracking_uri: str | None = TrackingOpt,
-       host: str = typer.Option("127.0.0.1", help="Interface to bind (local only by default)."),
+       host: str = HostOpt,
        port: int = typer.Option(5000)):
     """Start the MLflow UI on the workspace's store."""
     import subprocess
@@ -494,7 +495,7 @@ def _print_recommendation(result, query) -> None:
 @app.command()
 @user_errors
 def dashboard(workspace: Path | None = WorkspaceOpt, storage: str | None = StorageOpt,
-              host: str = typer.Option("127.0.0.1", help="Interface to bind (local only by default)."),
+              host: str = HostOpt,
               port: int = typer.Option(8080)):
     """Start optuna-dashboard on the sweeps' Optuna storage (needs `pip install 'lrkv-sweep[dashboard]'`)."""
     try:

@@ -10,13 +10,13 @@ online-softmax partials and applies B_v,h once.
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from ..ops import EPS
+from ..ops import EPS, rope_frequencies
+from .tiles import dot_tile, interpreted
 
 LOG2E = 1.4426950408889634
 
@@ -189,24 +189,13 @@ def _reduce_kernel(M, L, ACC_S, ACC_R, VUP, LENGTHS, OUT, so_b, so_h, sup_h, sup
     tl.store(out + HALF, out2.to(OUT.dtype.element_ty), mask=d_ok)
 
 
-def _tile(n: int) -> int:
-    """A tile side for n: a power of two, and at least 16 (the tensor cores' minimum)."""
-    return max(16, triton.next_power_of_2(n))
-
-
-def _interpreted() -> bool:
-    # Triton's interpreter multiplies raw bf16 bit patterns in tl.dot; widening first is exact.
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 @functools.lru_cache(maxsize=64)
 def _rope_tables(device: torch.device, half: int, theta: float | None, block_t: int):
     """inv_freq (half,) and cos/sin of row offsets (block_t, half), made once per shape (fp64, then fp32);
     cached so a decode step launches nothing but its two kernels (and can be graph-captured)."""
     if theta is None:
         return tuple(torch.zeros(n, device=device) for n in (half, block_t * half, block_t * half))
-    inv_freq = theta ** (-torch.arange(0, half, dtype=torch.float64) / half)
-    inv_freq = inv_freq.float().double()  # the fp32 frequencies the model rotates by
+    inv_freq = rope_frequencies(half, theta, torch.float32).double()  # the fp32 frequencies the model rotates by
     angle = torch.arange(block_t, dtype=torch.float64)[:, None] * inv_freq
     return tuple(t.float().contiguous().to(device) for t in (inv_freq, angle.cos(), angle.sin()))
 
@@ -248,7 +237,8 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
 
     half = dh // 2
     if heads_per_program is None:  # B_k of the group's heads stays in shared memory: keep it to ~128 KB
-        heads_per_program = max(1, min(16, (128 << 10) // (_tile(r) * _tile(half) * 2 * k_up.element_size())))
+        b_k_bytes = dot_tile(r) * dot_tile(half) * 2 * k_up.element_size()
+        heads_per_program = max(1, min(16, (128 << 10) // b_k_bytes))
     heads = max(d for d in range(1, max(1, min(heads_per_program, H)) + 1) if H % d == 0)  # a divisor of H
     n_groups = triton.cdiv(H, heads)
     n_tiles = triton.cdiv(max(T_max, 1), block_t)
@@ -271,11 +261,12 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
         q.stride(0), q.stride(1), k_shared.stride(0), k_shared.stride(1), v_shared.stride(0), v_shared.stride(1),
         r_k.stride(0), r_k.stride(1), r_k.stride(2), r_v.stride(0), r_v.stride(1), r_v.stride(2),
         k_up.stride(0), k_up.stride(1), split_len, n_splits, H, dh ** -0.5 * LOG2E,
-        HEADS=heads, HEADS_P=_tile(heads), HALF=half, HALF_P=_tile(half), R=r, R_P=_tile(r), BLOCK_T=block_t,
-        NORM=norm, ROPE=rope_theta is not None, DOT_FP32=_interpreted() and r_k.dtype == torch.bfloat16,
+        HEADS=heads, HEADS_P=dot_tile(heads), HALF=half, HALF_P=dot_tile(half), R=r, R_P=dot_tile(r),
+        BLOCK_T=block_t, NORM=norm, ROPE=rope_theta is not None,
+        DOT_FP32=interpreted(_split_kernel) and r_k.dtype == torch.bfloat16,
         PRECISION=precision, EPSILON=EPS,
         num_warps=num_warps, num_stages=num_stages)
     _reduce_kernel[(H, B)](m, l, acc_s, acc_r, v_up, lengths, out, out.stride(0), out.stride(1),
                            v_up.stride(0), v_up.stride(1), split_len, n_splits,
-                           HALF=half, HALF_P=_tile(half), R=r, R_P=_tile(r), BLOCK_S=32)
+                           HALF=half, HALF_P=dot_tile(half), R=r, R_P=dot_tile(r), BLOCK_S=32)
     return out

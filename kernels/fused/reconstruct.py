@@ -15,7 +15,8 @@ import triton
 import triton.language as tl
 from torch.library import custom_op, triton_op, wrap_triton
 
-from ..ops import EPS
+from ..ops import EPS, rope_frequencies
+from .tiles import MIN_DOT, dot_tile, interpreted
 
 DEFAULT_BLOCK_T = 64
 DEFAULT_NUM_WARPS = 4
@@ -23,7 +24,6 @@ DEFAULT_BWD_BLOCK_T = 32
 DEFAULT_BWD_NUM_WARPS = 8
 BWD_NUM_STAGES = 2  # the backward loops prefetch one iteration ahead; more stages only cost shared memory
 UP_PROGRAMS = 512  # target (chunk, head) programs in the d_up pass: a few waves on an H100's 132 SMs
-MIN_DOT = 16  # smallest tile side tl.dot accepts on the GPU
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 __all__ = ["reconstruct"]
@@ -239,7 +239,7 @@ def _reconstruct_bwd_latent_kernel(
     tl.store(p_ptrs + HALF, acc2, mask=p_ok)
 
 
-_INTERPRETED = not isinstance(_reconstruct_fwd_kernel, triton.runtime.jit.JITFunction)
+_INTERPRETED = interpreted(_reconstruct_fwd_kernel)
 
 
 def _runner(kernel):
@@ -248,15 +248,15 @@ def _runner(kernel):
 
 def _rotation_tables(seq_len: int, half: int, rope_theta: float, device: torch.device):
     """fp32 cos and sin (T, dh/2), computed exactly as `ops.rope` does, so the kernels rotate identically."""
-    inv_freq = rope_theta ** (-torch.arange(0, half, device=device, dtype=torch.float32) / half)
+    inv_freq = rope_frequencies(half, rope_theta, torch.float32, device)
     angles = torch.arange(seq_len, device=device, dtype=torch.float32)[:, None] * inv_freq
     return angles.cos(), angles.sin()
 
 
 def _meta(shared: torch.Tensor, latent: torch.Tensor, norm: bool, rope_theta: Optional[float], block_t: int):
     dh, rank = shared.size(-1), latent.size(-1)
-    return dict(R=rank, D=dh, BLOCK_T=block_t, BLOCK_R=max(MIN_DOT, triton.next_power_of_2(max(rank, 1))),
-                BLOCK_HALF=max(MIN_DOT, triton.next_power_of_2(dh // 2)), NORM=norm, ROPE=rope_theta is not None,
+    return dict(R=rank, D=dh, BLOCK_T=block_t, BLOCK_R=dot_tile(rank), BLOCK_HALF=dot_tile(dh // 2),
+                NORM=norm, ROPE=rope_theta is not None,
                 PRECISION="ieee" if shared.dtype == torch.float32 else "tf32",
                 UPCAST=_INTERPRETED and shared.dtype != torch.float32)
 
