@@ -2,14 +2,16 @@
 and the bandwidth floor, all measured in the same run on the same card.
 
 Every LRKV cell is first checked against an fp64 reference (two sequences of the cell, full and
-ragged lengths; every tiling at each rank's first cell, the default tiling at the others): bf16
-relative error must stay ≤ 1e-2 or the script stops.
+ragged lengths, every candidate tiling of both split kernels): bf16 relative error must stay ≤ 1e-2
+or the script stops. "fused" is what the product runs (the method `logit_method` picks, with its
+default tiling); the best candidate of each method is reported beside it.
 Timings replay a CUDA graph of many decode steps; a small cache is cycled through enough copies
 that each step reads it from HBM, not from L2. The floor is the cache's bytes over the
 device-to-device copy bandwidth (bytes read + written per second) measured here.
 
     python3 benchmarks/decode.py                       # H=16, d_h=128, the issue's full grid
     python3 benchmarks/decode.py --batch 8 --context 32768 --ranks 64
+    python3 benchmarks/decode.py --report benchmarks/results/decode-<card>.json   # reprint with today's defaults
 
 Writes benchmarks/results/decode-<card>.json and prints a table.
 """
@@ -27,15 +29,23 @@ import torch.nn.functional as F
 import triton
 from triton.runtime.errors import OutOfResources
 
-from lrkv.kernels.fused.decode import decode
+from lrkv.kernels.fused.decode import TILINGS, decode, logit_method
 from lrkv.kernels.lrkv import attend_compressed
 from lrkv.kernels.ops import rms_norm
 from lrkv.workers.profile import copies_past_l2, copy_bandwidth, step_seconds
 
 RESULTS = Path(__file__).parent / "results"
 THETA = 10000.0
-TILINGS = [  # (block_t, num_warps, num_stages, min_tiles, waves, heads_per_program); the first is the default
-    (32, 4, 2, 4, 16, None), (64, 4, 2, 4, 16, None), (32, 4, 2, 4, 16, 8), (32, 2, 2, 4, 32, 1)]
+# Candidates (method, block_t, num_warps, num_stages, min_tiles, waves, heads_per_program); each method's
+# default tiling (TILINGS) is among them, and `logit_method` picks the one the product uses per cell.
+CANDIDATES = [("rebuilt", *TILINGS["rebuilt"]), ("folded", *TILINGS["folded"]),
+              ("folded", 128, 8, 3, 2, 8, None), ("folded", 128, 4, 2, 2, 8, None), ("folded", 256, 8, 2, 2, 4, None),
+              ("folded", 64, 4, 3, 2, 16, 8), ("folded", 128, 8, 2, 2, 4, None)]
+
+
+def default_tiling(B: int, T: int, r: int) -> tuple:
+    method = logit_method(B, T, r)
+    return (method, *TILINGS[method])
 
 
 def graph_ms(step, copies: int) -> float:
@@ -54,10 +64,10 @@ def lrkv_cache(B, T, H, dh, r, device, gen):
     return q, rows, ups[0], ups[1]
 
 
-def fused(q, rows, k_up, v_up, lengths, tiling=TILINGS[0], out=None):
-    block_t, warps, stages, min_tiles, waves, heads = tiling
+def fused(q, rows, k_up, v_up, lengths, tiling, out=None):
+    method, block_t, warps, stages, min_tiles, waves, heads = tiling
     return decode(q, rows["k_shared"], rows["v_shared"], rows["r_k"], rows["r_v"], k_up, v_up, lengths,
-                  norm=True, rope_theta=THETA, block_t=block_t, num_warps=warps, num_stages=stages,
+                  norm=True, rope_theta=THETA, method=method, block_t=block_t, num_warps=warps, num_stages=stages,
                   min_tiles=min_tiles, waves=waves, heads_per_program=heads, out=out)
 
 
@@ -101,11 +111,11 @@ def check(q, rows, k_up, v_up, tilings) -> float:
     return worst
 
 
-def time_lrkv(B, T, H, dh, r, device, gen, tilings, plain: bool, check_all: bool) -> dict:
+def time_lrkv(B, T, H, dh, r, device, gen, tilings, plain: bool) -> dict:
     q, rows, k_up, v_up = lrkv_cache(B, T, H, dh, r, device, gen)
     nbytes = sum(t.nbytes for t in rows.values())
     tilings = [t for t in tilings if fits(q, rows, k_up, v_up, t)]
-    err = check(q, rows, k_up, v_up, tilings if check_all else tilings[:1])
+    err = check(q, rows, k_up, v_up, tilings)
     cell = {"B": B, "T": T, "r": r, "cache_bytes": nbytes, "max_rel_err": err}
     copies = copies_past_l2(nbytes, device)
     stock = [rows] + [{k: v.clone() for k, v in rows.items()} for _ in range(copies - 1)]
@@ -114,8 +124,8 @@ def time_lrkv(B, T, H, dh, r, device, gen, tilings, plain: bool, check_all: bool
     by_tiling = {}
     for tiling in tilings:
         by_tiling[str(tiling)] = graph_ms(lambda i: fused(q, stock[i], k_up, v_up, lengths, tiling, out=out), copies)
-    best = min(by_tiling, key=by_tiling.get)
-    cell.update(fused_ms=by_tiling[best], best_tiling=best, fused_ms_by_tiling=by_tiling)
+    cell["fused_ms_by_tiling"] = by_tiling
+    with_defaults(cell)
     if plain:
         mask = torch.ones(B, T, dtype=torch.bool, device=device)
         try:
@@ -142,6 +152,33 @@ def time_sdpa(B, T, H, kv_heads, dh, device, gen) -> float:
     return ms
 
 
+def with_defaults(cell: dict) -> dict:
+    """fused_ms: the product's choice (method and its default tiling) for the cell; best_ms: the fastest candidate."""
+    by_tiling = cell["fused_ms_by_tiling"]
+    best = min(by_tiling, key=by_tiling.get)
+    chosen = str(default_tiling(cell["B"], cell["T"], cell["r"]))
+    cell.update(fused_ms=by_tiling.get(chosen), default_tiling=chosen, best_ms=by_tiling[best], best_tiling=best)
+    for method in TILINGS:
+        cell[f"{method}_ms"] = min((ms for t, ms in by_tiling.items() if t.startswith(f"('{method}'")), default=None)
+    return cell
+
+
+def print_table(env: dict, cells: list) -> None:
+    def ms(v):
+        return f"{v:.4f}" if v else "-"
+    print(f"\n{env['card']} · torch {env['torch']} · triton {env['triton']} · H={env['heads']} d_h={env['head_dim']} "
+          f"bf16 · copy {env['copy_bandwidth_bytes_per_s'] / 1e12:.3f} TB/s · times in ms")
+    print(f"{'B':>3} {'T':>6} {'r':>4} {'floor':>8} {'fused':>8} {'÷floor':>7} {'rebuilt':>8} {'folded':>8} "
+          f"{'plain':>8} {'mha':>8} {'gqa4':>8} {'mha÷fused':>9} {'fused÷mha':>9}  best tiling")
+    for c in cells:
+        f = c["fused_ms"]
+        print(f"{c['B']:>3} {c['T']:>6} {c['r']:>4} {c['floor_ms']:>8.4f} {ms(f):>8} "
+              f"{f / c['floor_ms'] if f else float('nan'):>7.3f} {ms(c.get('rebuilt_ms')):>8} "
+              f"{ms(c.get('folded_ms')):>8} {ms(c.get('plain_ms')):>8} {c['mha_ms']:>8.4f} {c['gqa4_ms']:>8.4f} "
+              f"{c['mha_ms'] / f if f else float('nan'):>9.3f} {f / c['mha_ms'] if f else float('nan'):>9.3f}  "
+              f"{c['best_tiling']}")
+
+
 def write(path: Path, env: dict, cells: list) -> None:
     path.write_text(json.dumps({"env": env, "cells": cells}, indent=1) + "\n")
 
@@ -155,7 +192,12 @@ def main() -> None:
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--no-plain", action="store_true", help="skip the plain-PyTorch LRKV baseline")
     parser.add_argument("--tag", default="", help="suffix of the result file name")
+    parser.add_argument("--report", type=Path, help="reprint a results file's table with the current defaults")
     args = parser.parse_args()
+    if args.report:
+        result = json.loads(args.report.read_text())
+        print_table(result["env"], [with_defaults(c) for c in result["cells"]])
+        return
     device = torch.device("cuda")
     gen = torch.Generator(device=device).manual_seed(0)
     H, dh = args.heads, args.head_dim
@@ -170,31 +212,21 @@ def main() -> None:
     tag = f"-{args.tag}" if args.tag else ""
     out = RESULTS / f"decode-{re.sub(r'[^A-Za-z0-9]+', '_', card)}{tag}.json"
 
-    cells, checked = [], set()
+    cells = []
     for B in args.batch:
         for T in args.context:
             mha = time_sdpa(B, T, H, H, dh, device, gen)
             gqa = time_sdpa(B, T, H, 4, dh, device, gen)
             for r in args.ranks:
-                cell = time_lrkv(B, T, H, dh, r, device, gen, TILINGS, plain=not args.no_plain,
-                                 check_all=r not in checked)
-                checked.add(r)
+                cell = time_lrkv(B, T, H, dh, r, device, gen, CANDIDATES, plain=not args.no_plain)
                 cell.update(mha_ms=mha, gqa4_ms=gqa, floor_ms=cell["cache_bytes"] / bandwidth * 1e3)
                 cells.append(cell)
                 write(out, env, cells)  # after every cell, so a run cut short keeps what it measured
-                print(f"B={B:>2} T={T:>5} r={r:>3}  fused {cell['fused_ms']:.4f} ms  floor {cell['floor_ms']:.4f}  "
+                print(f"B={B:>2} T={T:>5} r={r:>3}  fused {cell['fused_ms']} ms  floor {cell['floor_ms']:.4f}  "
                       f"mha {mha:.4f}  err {cell['max_rel_err']:.2e}  {cell['best_tiling']}", flush=True)
 
     write(out, env, cells)
-    print(f"\n{card} · torch {env['torch']} · triton {env['triton']} · H={H} d_h={dh} bf16 · "
-          f"copy {bandwidth / 1e12:.3f} TB/s · times in ms")
-    print(f"{'B':>3} {'T':>6} {'r':>4} {'floor':>8} {'fused':>8} {'÷floor':>7} {'plain':>8} {'mha':>8} {'gqa4':>8} "
-          f"{'mha÷fused':>9} {'fused÷mha':>9}  best tiling")
-    for c in cells:
-        plain = f"{c['plain_ms']:.4f}" if c.get("plain_ms") else "-"
-        print(f"{c['B']:>3} {c['T']:>6} {c['r']:>4} {c['floor_ms']:>8.4f} {c['fused_ms']:>8.4f} "
-              f"{c['fused_ms'] / c['floor_ms']:>7.3f} {plain:>8} {c['mha_ms']:>8.4f} {c['gqa4_ms']:>8.4f} "
-              f"{c['mha_ms'] / c['fused_ms']:>9.3f} {c['fused_ms'] / c['mha_ms']:>9.3f}  {c['best_tiling']}")
+    print_table(env, cells)
     print(f"written: {out}")
 
 

@@ -185,9 +185,9 @@ class SweepDriver:
                     break
                 while not self.exhausted and len(self.active) < self.spec.budget.concurrency and self._budget_left():
                     self._launch_next(vocab)
-                self._flush_mlflow()
                 if not self.active:
-                    break
+                    break  # finish_mlflow logs what is pending, and the front, once
+                self._flush_mlflow()
                 ready, _ = ray.wait(list(self.active), num_returns=1, timeout=1.0)
                 for number, metrics in ray.get(self.board.drain.remote()):
                     for running in self.active.values():
@@ -210,6 +210,7 @@ class SweepDriver:
         """Bring MLflow level with the study (waiting up to `patience` seconds for it to come back),
         then close the parent run; if it stays away, say what is missing and how to fill it in later."""
         deadline = time.time() + patience
+        self.pending = []  # the sync logs them, from the study
         while (missing := self.sync_mlflow(force=True)) and time.time() < deadline:
             time.sleep(5)
         if missing:
@@ -231,9 +232,11 @@ class SweepDriver:
             ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
                      num_cpus=os.cpu_count(), num_gpus=_local_gpus())
 
+    def _trials_left(self) -> int:
+        return self.spec.budget.trials - sum(counted(t) for t in self.study.get_trials(deepcopy=False))
+
     def _budget_left(self) -> bool:
-        done = sum(counted(t) for t in self.study.get_trials(deepcopy=False))
-        return done < self.spec.budget.trials
+        return self._trials_left() > 0
 
     def _launch_next(self, vocab: int) -> None:
         """Ask until a new, feasible point comes; skip duplicates and known-infeasible points cheaply."""
@@ -244,8 +247,11 @@ class SweepDriver:
         ooms = [(t.params["size"], t.user_attrs["costs"]["params"], t.number) for t in trials
                 if t.user_attrs.get("reason") == "oom" and "costs" in t.user_attrs]
         running = {r.key: r for r in self.active.values()}
+        # Known-infeasible points count as seen: a refused reference must not come back at every launch.
+        seen = set(finished) | set(running) | {t.user_attrs.get("key") for t in trials
+                                               if (t.user_attrs.get("reason") or "").startswith("infeasible")}
         for _ in range(MAX_IDLE_PROPOSALS):
-            fixed = self._next_fixed(set(finished) | set(running))
+            fixed = self._next_fixed(seen, vocab)
             if fixed:
                 self.study.enqueue_trial(*fixed)
             trial = self.study.ask()
@@ -262,31 +268,37 @@ class SweepDriver:
             if reason is None and key in finished and finished[key].number != trial.number:
                 reason = f"skipped: same point as trial {finished[key].number}"
             if reason is not None:
-                trial.set_user_attr("reason", reason if reason.startswith("skipped") else f"infeasible: {reason}")
+                skipped = reason.startswith("skipped")
+                trial.set_user_attr("reason", reason if skipped else f"infeasible: {reason}")
                 self.study.tell(trial, state=TrialState.FAIL)
-                if not self._enqueue_unexplored(set(finished) | set(running)):
+                if not skipped:
+                    seen.add(key)
+                # A refused owed point is followed by the next owed one; a wasted proposal, by a fresh point.
+                if not fixed and not self._enqueue_unexplored(seen):
                     break
                 continue
             self._start(trial, params, key, config, costs)
             return
         self.exhausted = True
 
-    def _next_fixed(self, seen: set[str]) -> tuple[dict, dict] | None:
+    def _next_fixed(self, seen: set[str], vocab: int) -> tuple[dict, dict] | None:
         """The next point the sweep owes before the sampler's own: interrupted trials first (with their
-        MLflow run), then the references (baselines, anchors). Derived from the study every time, so
-        it survives any number of driver restarts; enqueued one at a time, so nothing waits behind."""
+        MLflow run), then the references (baselines, anchors), then for grid every other point. Within
+        the references, and within the rest, the costliest the budget covers goes first. Derived from
+        the study every time, so it survives any number of driver restarts; enqueued one at a time, so
+        nothing waits behind."""
         if self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             return None
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
             if t.user_attrs.get("requeued") and t.user_attrs.get("launched") and t.user_attrs["key"] not in seen:
                 return t.params, {"retry_of": t.number}
-        for params in search.references(self.spec):
-            if search.point_key(params) not in seen:
-                return params, {}
-        if self.spec.sampler.kind == "grid":  # exhaustive: every point, in the space's own order
-            for params in search.finite_points(self.spec):
-                if search.point_key(params) not in seen:
-                    return params, {}
+        tiers = [search.references(self.spec)]
+        if self.spec.sampler.kind == "grid":  # exhaustive: every point
+            tiers.append(search.finite_points(self.spec))
+        for points in tiers:
+            owed = [p for p in points if search.point_key(p) not in seen]
+            if owed:
+                return search.longest_first(self.spec, owed, self._trials_left(), vocab), {}
         return None
 
     def _enqueue_unexplored(self, seen: set[str]) -> bool:

@@ -91,6 +91,24 @@ def costs(spec: SweepSpec, config: TrialConfig, vocab_size: int) -> dict[str, fl
             "params": model.params(vocab_size)}
 
 
+def training_flops(spec: SweepSpec, params: dict, vocab_size: int) -> int:
+    """A trial's training FLOPs at this point (FLOPs per token × tokens): how long it runs, known before it does."""
+    config = trial_config(spec, params)
+    return costs(spec, config, vocab_size)["flops_per_token"] * spec.budget.tokens_per_trial
+
+
+def longest_first(spec: SweepSpec, owed: list[dict], slots: int, vocab_size: int) -> dict:
+    """The owed point (listed in the sweep's own order) to launch next: of the first `slots` (those the
+    budget still covers), the costliest in training FLOPs among each size's next point. Long trials go
+    first, so a sweep does not end waiting on one of them while the other slots idle. Only the order
+    changes, never which points run; within a size the order is kept, because the out-of-memory rule
+    skips the larger points that come after one that ran out of memory. Ties keep the sweep's order."""
+    heads: dict[str, dict] = {}
+    for params in owed[:max(1, slots)]:
+        heads.setdefault(params["size"], params)
+    return max(heads.values(), key=lambda p: training_flops(spec, p, vocab_size))
+
+
 def violation(spec: SweepSpec, config: TrialConfig, vocab_size: int) -> str | None:
     """Why this configuration breaks a constraint, or None. Costs nothing: no GPU time is spent."""
     c, model = spec.constraints, config.model

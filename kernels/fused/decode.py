@@ -1,11 +1,21 @@
 """One LRKV decode step straight from the compressed cache, split over the sequence (flash-decoding).
 
-The split kernel streams a chunk of one sequence for a group of heads (one by default); the programs
-of all heads of a chunk run side by side, so K_shared/V_shared come from HBM once and from L2 for the
-others. The key tile is rebuilt on chip (`R_k tile @ B_k,h` on the tensor cores, plus K_shared), and
-RoPE and the norm enter the logit there; per-head K/V never reach HBM. Values use associativity, so a
-split keeps `p·V_shared` (d_h) and `p·R_v,h` (r) per head. The reduce kernel merges the splits'
-online-softmax partials and applies B_v,h once.
+A split kernel streams a chunk of one sequence for a group of heads and never writes per-head K/V;
+values use associativity, so a split keeps `p·V_shared` and `p·R_v,h` per head, and the reduce kernel
+merges the splits' online-softmax partials and applies B_v,h once. Two split kernels compute the logit:
+
+- "rebuilt": the key tile is rebuilt on chip (`R_k tile @ B_k,h` on the tensor cores, plus K_shared),
+  RoPE enters as a rotated query and the norm as a 1/rms scale: O(d_h) elementwise work per (token, head).
+- "folded": the logit is linear in each cached row, so no key is rebuilt. With k_h = K_shared + R_k,h B_k,h,
+  RoPE as the rotation R_t and the norm as 1/rms(k_h):
+
+      q·R_t k_h = q·RoPE_t(K_shared) + rowsum(R_k,h ⊙ ([cos_t | sin_t] M_h)),
+      ‖k_h‖²    = ‖K_shared‖² + rowsum(R_k,h ⊙ (2 K_shared B_k,hᵀ + R_k,h B_k,h B_k,hᵀ)),
+
+  where M_h (d_h × r) folds q_h into B_k,h. Every product runs on the tensor cores, the elementwise work
+  per (token, head) is O(r), and the O(d_h) work (RoPE of K_shared, ‖K_shared‖²) is done once per token
+  for the group. A prepare kernel builds M_h per (sequence, head), 2B_k,hᵀ and B_k,h B_k,hᵀ per head;
+  the split programs stream those from L2 for every tile, which is what costs at large r.
 """
 from __future__ import annotations
 
@@ -22,17 +32,175 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _split_kernel(Q, KS, VS, RK, RV, KUP, LENGTHS, INV_FREQ, COS, SIN, M, L, ACC_S, ACC_R,
-                  sq_b, sq_h, sks_b, sks_t, svs_b, svs_t,
-                  srk_b, srk_t, srk_h, srv_b, srv_t, srv_h, sup_h, sup_r,
+def _mma(a, b, acc, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
+    if DOT_FP32:
+        a, b = a.to(tl.float32), b.to(tl.float32)
+    return tl.dot(a, b, acc=acc, input_precision=PRECISION)
+
+
+@triton.jit
+def _prepare_kernel(Q, KUP, MQ, BT2, GRAM, sq_b, sq_h, sup_h, sup_r, n_heads,
+                    HALF: tl.constexpr, HALF_P: tl.constexpr, R: tl.constexpr, R_P: tl.constexpr):
+    # M_h = [M_cos; M_sin] (d_h × r) with q_h folded into B_k,h, from q·R_t(x) for x = r B_k,h:
+    # M_cos[i, j] = q1_i B1_ji + q2_i B2_ji and M_sin[i, j] = q2_i B1_ji - q1_i B2_ji (half-split RoPE).
+    h, b = tl.program_id(0), tl.program_id(1)
+    offs_d = tl.arange(0, HALF_P)
+    offs_r = tl.arange(0, R_P)
+    d_ok = offs_d < HALF
+    r_ok = offs_r < R
+    dr_ok = d_ok[:, None] & r_ok[None, :]
+    q = Q + b * sq_b + h * sq_h + offs_d
+    q1 = tl.load(q, mask=d_ok, other=0.0).to(tl.float32)[:, None]
+    q2 = tl.load(q + HALF, mask=d_ok, other=0.0).to(tl.float32)[:, None]
+    up = KUP + h * sup_h + offs_r[None, :] * sup_r + offs_d[:, None]  # B_k,hᵀ, by halves of d_h
+    b1 = tl.load(up, mask=dr_ok, other=0.0).to(tl.float32)
+    b2 = tl.load(up + HALF, mask=dr_ok, other=0.0).to(tl.float32)
+    mq = MQ + ((b * n_heads + h) * 2 * HALF + offs_d[:, None]) * R + offs_r[None, :]
+    tl.store(mq, (q1 * b1 + q2 * b2).to(MQ.dtype.element_ty), mask=dr_ok)
+    tl.store(mq + HALF * R, (q2 * b1 - q1 * b2).to(MQ.dtype.element_ty), mask=dr_ok)
+    if b == 0:  # the per-head factors of the norm, shared by every sequence
+        bt = BT2 + (h * 2 * HALF + offs_d[:, None]) * R + offs_r[None, :]
+        tl.store(bt, (2 * b1).to(BT2.dtype.element_ty), mask=dr_ok)
+        tl.store(bt + HALF * R, (2 * b2).to(BT2.dtype.element_ty), mask=dr_ok)
+        gram = tl.dot(tl.trans(b1), b1, input_precision="ieee")
+        gram = tl.dot(tl.trans(b2), b2, acc=gram, input_precision="ieee")
+        tl.store(GRAM + (h * R + offs_r[:, None]) * R + offs_r[None, :], gram.to(GRAM.dtype.element_ty),
+                 mask=r_ok[:, None] & r_ok[None, :])
+
+
+@triton.jit
+def _split_folded_kernel(Q, KS, VS, RK, RV, MQ, BT2, GRAM, LENGTHS, INV_FREQ, COS, SIN, M, L, ACC_S, ACC_R,
+                  sq_b, sq_h, sks_b, sks_t, svs_b, svs_t, srk_b, srk_t, srk_h, srv_b, srv_t, srv_h,
                   split_len, n_splits, n_heads, qk_scale,
                   HEADS: tl.constexpr, HEADS_P: tl.constexpr,
                   HALF: tl.constexpr, HALF_P: tl.constexpr, R: tl.constexpr, R_P: tl.constexpr,
                   BLOCK_T: tl.constexpr, NORM: tl.constexpr, ROPE: tl.constexpr,
                   DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, EPSILON: tl.constexpr):
-    # One program streams a chunk of one sequence for a group of HEADS heads: K_shared/V_shared tiles
-    # are loaded once for the group, and p·V_shared, p·R_v,h run on the tensor cores with the
-    # group's probabilities as a (HEADS_P, BLOCK_T) matrix (one row per head).
+    # One program streams a chunk of one sequence for a group of HEADS heads. Per-head tensors are
+    # (BLOCK_T, HEADS_P) with one column per head, or (HEADS_P, ·) with one row per head.
+    g, split, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    h0 = g * HEADS
+    length = tl.load(LENGTHS + b).to(tl.int32)
+    start = split * split_len
+    end = tl.minimum(start + split_len, length)
+    op = MQ.dtype.element_ty  # fp16 beside a 16-bit cache: RoPE terms in [-1, 1] keep 11 bits
+
+    offs_t = tl.arange(0, BLOCK_T)
+    offs_d = tl.arange(0, HALF_P)
+    offs_r = tl.arange(0, R_P)
+    offs_h = tl.arange(0, HEADS_P)
+    d_ok = offs_d < HALF
+    r_ok = offs_r < R
+    h_ok = offs_h < HEADS  # the host picks HEADS dividing the head count
+
+    q = Q + b * sq_b + (h0 + offs_h)[None, :] * sq_h + offs_d[:, None]  # the group's queries as columns
+    q1 = tl.load(q, mask=d_ok[:, None] & h_ok[None, :], other=0.0).to(op)
+    q2 = tl.load(q + HALF, mask=d_ok[:, None] & h_ok[None, :], other=0.0).to(op)
+    if ROPE:  # cos/sin of a tile's rows by angle addition: the tile's own angle plus cached row offsets
+        inv_freq = tl.load(INV_FREQ + offs_d, mask=d_ok, other=0.0)
+        table = offs_t[:, None] * HALF + offs_d[None, :]
+        cos_off = tl.load(COS + table, mask=d_ok[None, :], other=0.0)
+        sin_off = tl.load(SIN + table, mask=d_ok[None, :], other=0.0)
+    else:  # no rotation: cos 1 and sin 0, so [cos | sin] M_h sums M_cos's rows
+        cos_t = tl.zeros((BLOCK_T, HALF_P), tl.float32) + 1.0
+
+    m = tl.full((HEADS_P,), float("-inf"), tl.float32)
+    l = tl.zeros((HEADS_P,), tl.float32)
+    acc1 = tl.zeros((HEADS_P, HALF_P), tl.float32)  # p·V_shared, first and second half of d_h
+    acc2 = tl.zeros((HEADS_P, HALF_P), tl.float32)
+    acc_r = tl.zeros((HEADS_P, R_P), tl.float32)    # p·R_v,h, one row per head
+    mr_ok = d_ok[:, None] & r_ok[None, :]
+
+    for t0 in range(start, end, BLOCK_T):
+        t = t0 + offs_t
+        t_ok = t < end
+        tile = t_ok[:, None] & d_ok[None, :]
+        ks = KS + b * sks_b + t[:, None] * sks_t + offs_d[None, :]
+        ks1_raw = tl.load(ks, mask=tile, other=0.0)
+        ks2_raw = tl.load(ks + HALF, mask=tile, other=0.0)
+        ks1, ks2 = ks1_raw.to(tl.float32), ks2_raw.to(tl.float32)
+        if ROPE:
+            base = t0 * inv_freq
+            c0, s0 = tl.cos(base), tl.sin(base)
+            cos_t = cos_off * c0[None, :] - sin_off * s0[None, :]
+            sin_t = sin_off * c0[None, :] + cos_off * s0[None, :]
+            kr1, kr2 = ks1 * cos_t - ks2 * sin_t, ks1 * sin_t + ks2 * cos_t
+        else:
+            kr1, kr2 = ks1, ks2
+        s = _mma(kr1.to(op), q1, tl.zeros((BLOCK_T, HEADS_P), tl.float32), DOT_FP32, PRECISION)
+        s = _mma(kr2.to(op), q2, s, DOT_FP32, PRECISION)  # q·RoPE(K_shared) for every head of the group
+        if NORM:
+            sq = tl.zeros((BLOCK_T, HEADS_P), tl.float32) + tl.sum(ks1 * ks1 + ks2 * ks2, axis=1)[:, None]
+        if R > 0:  # ranks below 16 ride zero-padded on the tensor cores (the padding adds exact zeros)
+            cos_op = cos_t.to(op)
+            if ROPE:
+                sin_op = sin_t.to(op)
+            for j in range(HEADS):
+                h = h0 + j
+                rk = tl.load(RK + b * srk_b + t[:, None] * srk_t + h * srk_h + offs_r[None, :],
+                             mask=t_ok[:, None] & r_ok[None, :], other=0.0)
+                mq = MQ + ((b * n_heads + h) * 2 * HALF + offs_d[:, None]) * R + offs_r[None, :]
+                w = _mma(cos_op, tl.load(mq, mask=mr_ok, other=0.0), tl.zeros((BLOCK_T, R_P), tl.float32),
+                         DOT_FP32, PRECISION)
+                if ROPE:
+                    w = _mma(sin_op, tl.load(mq + HALF * R, mask=mr_ok, other=0.0), w, DOT_FP32, PRECISION)
+                rk32 = rk.to(tl.float32)
+                s = tl.where(offs_h[None, :] == j, s + tl.sum(rk32 * w, axis=1)[:, None], s)
+                if NORM:
+                    bt = BT2 + (h * 2 * HALF + offs_d[:, None]) * R + offs_r[None, :]
+                    n = _mma(ks1_raw, tl.load(bt, mask=mr_ok, other=0.0), tl.zeros((BLOCK_T, R_P), tl.float32),
+                             DOT_FP32, PRECISION)
+                    n = _mma(ks2_raw, tl.load(bt + HALF * R, mask=mr_ok, other=0.0), n, DOT_FP32, PRECISION)
+                    gram = tl.load(GRAM + (h * R + offs_r[:, None]) * R + offs_r[None, :],
+                                   mask=r_ok[:, None] & r_ok[None, :], other=0.0)
+                    n = _mma(rk, gram, n, DOT_FP32, PRECISION)
+                    sq = tl.where(offs_h[None, :] == j, sq + tl.sum(rk32 * n, axis=1)[:, None], sq)
+        if NORM:
+            s *= tl.rsqrt(sq / (2 * HALF) + EPSILON)
+        s = tl.where(t_ok[:, None], s * qk_scale, float("-inf"))
+
+        m_new = tl.maximum(m, tl.max(s, axis=0))
+        alpha = tl.exp2(m - m_new)
+        p = tl.exp2(s - m_new[None, :])  # (BLOCK_T, HEADS_P)
+        m = m_new
+        l = l * alpha + tl.sum(p, axis=0)
+        pt = tl.trans(p)  # (HEADS_P, BLOCK_T)
+        vs = VS + b * svs_b + t[:, None] * svs_t + offs_d[None, :]
+        v1 = tl.load(vs, mask=tile, other=0.0)
+        v2 = tl.load(vs + HALF, mask=tile, other=0.0)
+        pv = pt.to(v1.dtype)
+        acc1 = _mma(pv, v1, acc1 * alpha[:, None], DOT_FP32, PRECISION)
+        acc2 = _mma(pv, v2, acc2 * alpha[:, None], DOT_FP32, PRECISION)
+        if R > 0:  # each head's row of p against its own R_v,h (the other rows are zero)
+            acc_r = acc_r * alpha[:, None]
+            for j in range(HEADS):
+                rv = tl.load(RV + b * srv_b + t[:, None] * srv_t + (h0 + j) * srv_h + offs_r[None, :],
+                             mask=t_ok[:, None] & r_ok[None, :], other=0.0)
+                acc_r = _mma(tl.where(offs_h[:, None] == j, pt, 0.0).to(rv.dtype), rv, acc_r, DOT_FP32, PRECISION)
+
+    # Partials of head h, split s of sequence b live at row (b·H + h)·n_splits + s.
+    row = (b * n_heads + h0 + offs_h) * n_splits + split
+    tl.store(M + row, m, mask=h_ok)
+    tl.store(L + row, l, mask=h_ok)
+    acc = ACC_S + row[:, None] * (2 * HALF) + offs_d[None, :]
+    hd_ok = h_ok[:, None] & d_ok[None, :]
+    tl.store(acc, acc1, mask=hd_ok)
+    tl.store(acc + HALF, acc2, mask=hd_ok)
+    if R > 0:
+        tl.store(ACC_R + row[:, None] * R + offs_r[None, :], acc_r, mask=h_ok[:, None] & r_ok[None, :])
+
+
+@triton.jit
+def _split_rebuilt_kernel(Q, KS, VS, RK, RV, KUP, LENGTHS, INV_FREQ, COS, SIN, M, L, ACC_S, ACC_R,
+                          sq_b, sq_h, sks_b, sks_t, svs_b, svs_t, srk_b, srk_t, srk_h, srv_b, srv_t, srv_h,
+                          sup_h, sup_r, split_len, n_splits, n_heads, qk_scale,
+                          HEADS: tl.constexpr, HEADS_P: tl.constexpr,
+                          HALF: tl.constexpr, HALF_P: tl.constexpr, R: tl.constexpr, R_P: tl.constexpr,
+                          BLOCK_T: tl.constexpr, NORM: tl.constexpr, ROPE: tl.constexpr,
+                          DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, EPSILON: tl.constexpr):
+    # The key tile is rebuilt per head (R_k tile @ B_k,h on the tensor cores, plus K_shared); RoPE
+    # enters as a query rotated per row and the norm as a logit scale: O(d_h) elementwise work per
+    # (token, head). The HEADS heads of a group are unrolled and share the K_shared/V_shared tiles.
     g, split, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     h0 = g * HEADS
     length = tl.load(LENGTHS + b).to(tl.int32)
@@ -192,7 +360,7 @@ def _reduce_kernel(M, L, ACC_S, ACC_R, VUP, LENGTHS, OUT, so_b, so_h, sup_h, sup
 @functools.lru_cache(maxsize=64)
 def _rope_tables(device: torch.device, half: int, theta: float | None, block_t: int):
     """inv_freq (half,) and cos/sin of row offsets (block_t, half), made once per shape (fp64, then fp32);
-    cached so a decode step launches nothing but its two kernels (and can be graph-captured)."""
+    cached so a decode step launches nothing but its kernels (and can be graph-captured)."""
     if theta is None:
         return tuple(torch.zeros(n, device=device) for n in (half, block_t * half, block_t * half))
     inv_freq = rope_frequencies(half, theta, torch.float32).double()  # the fp32 frequencies the model rotates by
@@ -205,22 +373,33 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
 
 
+# Tilings per logit method: (block_t, num_warps, num_stages, min_tiles, waves, heads_per_program); the
+# fastest of benchmarks/decode.py's candidates on an H100.
+TILINGS = {"rebuilt": (32, 2, 2, 4, 32, 1), "folded": (64, 4, 3, 2, 8, None)}
+
+
+def logit_method(batch: int, max_len: int, rank: int) -> str:
+    """Which split kernel serves a shape: keys folded into the tensor cores' products while the per-head
+    matrices they stream stay small (r ≤ 32) and the batch is long enough to fill the card; else keys
+    rebuilt per head, one head per program (measured crossover, benchmarks/NOTES.md)."""
+    return "folded" if rank <= 32 and batch * max_len >= 16384 else "rebuilt"
+
+
 def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k: torch.Tensor,
            r_v: torch.Tensor, k_up: torch.Tensor, v_up: torch.Tensor, lengths: torch.Tensor, *,
-           norm: bool, rope_theta: float | None, block_t: int = 32, num_warps: int = 2, num_stages: int = 2,
-           min_tiles: int = 4, waves: int = 32, splits: int | None = None, heads_per_program: int | None = 1,
+           norm: bool, rope_theta: float | None, method: str | None = None, block_t: int | None = None,
+           num_warps: int | None = None, num_stages: int | None = None, min_tiles: int | None = None,
+           waves: int | None = None, splits: int | None = None, heads_per_program: int | None = None,
            out: torch.Tensor | None = None) -> torch.Tensor:
     """Attention output (B, H, d_h) of q (B, H, d_h), already normalised and rotated, over an LRKV cache.
 
     k_shared, v_shared: (B, T_max, d_h); r_k, r_v: (B, T_max, H, r); k_up, v_up: (H, r, d_h);
     lengths (B,): rows at or past a sequence's length are never read. rope_theta None skips RoPE.
+    `method` picks the split kernel, "folded" or "rebuilt" (None: `logit_method`); the tiling arguments
+    default to that method's entry in TILINGS:
     `splits` fixes the number of sequence chunks (by default: `waves` programs per multiprocessor, so
-    enough loads are in flight, each streaming at least `min_tiles` tiles of `block_t` tokens so it
-    amortises loading B_k,h);
-    `heads_per_program` heads share one program (a divisor of H at most this; None: as many as keep
-    their B_k within ~128 KB of shared memory, at most 16), so K_shared/V_shared tiles are read once per
-    group. The defaults (one head, 2 warps, 32 waves) were fastest at every cell of benchmarks/decode.py
-    on an H100: the unrolled head groups spill registers;
+    enough loads are in flight, each streaming at least `min_tiles` tiles of `block_t` tokens);
+    `heads_per_program` heads share one program (a divisor of H at most this; None: all, at most 16);
     `out`, if given, receives the result.
     """
     B, H, dh = q.shape
@@ -234,13 +413,16 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
             raise ValueError(f"{name}: expected shape {shape}, got {tuple(t.shape)}")
         if t.numel() and t.stride(-1) != 1:
             raise ValueError(f"{name}: expected a unit stride in its last dim")
+    method = method or logit_method(B, T_max, r)
+    if method not in TILINGS:
+        raise ValueError(f"method: expected one of {sorted(TILINGS)}, got {method!r}")
+    given = (block_t, num_warps, num_stages, min_tiles, waves, heads_per_program)
+    block_t, num_warps, num_stages, min_tiles, waves, heads_per_program = (
+        d if v is None else v for v, d in zip(given, TILINGS[method]))
 
     half = dh // 2
-    if heads_per_program is None:  # B_k of the group's heads stays in shared memory: keep it to ~128 KB
-        b_k_bytes = dot_tile(r) * dot_tile(half) * 2 * k_up.element_size()
-        heads_per_program = max(1, min(16, (128 << 10) // b_k_bytes))
-    heads = max(d for d in range(1, max(1, min(heads_per_program, H)) + 1) if H % d == 0)  # a divisor of H
-    n_groups = triton.cdiv(H, heads)
+    heads = max(d for d in range(1, min(heads_per_program or 16, H) + 1) if H % d == 0)  # a divisor of H
+    n_groups = H // heads
     n_tiles = triton.cdiv(max(T_max, 1), block_t)
     if splits is None:
         splits = min(triton.cdiv(waves * _sm_count(q.device), B * n_groups), triton.cdiv(n_tiles, min_tiles))
@@ -248,6 +430,8 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
     n_splits = triton.cdiv(n_tiles, tiles_per_split)
     split_len = tiles_per_split * block_t
 
+    wide = r_k.dtype in (torch.float32, torch.float64)
+    meta = dict(HALF=half, HALF_P=dot_tile(half), R=r, R_P=dot_tile(r))
     inv_freq, cos_off, sin_off = _rope_tables(q.device, half, rope_theta, block_t)
     rows = B * H * n_splits
     m = torch.empty(rows, device=q.device, dtype=torch.float32)
@@ -255,18 +439,29 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
     acc_s = torch.empty(rows, dh, device=q.device, dtype=torch.float32)
     acc_r = torch.empty(rows, max(r, 1), device=q.device, dtype=torch.float32)
     out = torch.empty_like(q) if out is None else out
-    precision = "ieee" if r_k.dtype in (torch.float32, torch.float64) else None
-    _split_kernel[(n_groups, n_splits, B)](
-        q, k_shared, v_shared, r_k, r_v, k_up, lengths, inv_freq, cos_off, sin_off, m, l, acc_s, acc_r,
-        q.stride(0), q.stride(1), k_shared.stride(0), k_shared.stride(1), v_shared.stride(0), v_shared.stride(1),
-        r_k.stride(0), r_k.stride(1), r_k.stride(2), r_v.stride(0), r_v.stride(1), r_v.stride(2),
-        k_up.stride(0), k_up.stride(1), split_len, n_splits, H, dh ** -0.5 * LOG2E,
-        HEADS=heads, HEADS_P=dot_tile(heads), HALF=half, HALF_P=dot_tile(half), R=r, R_P=dot_tile(r),
-        BLOCK_T=block_t, NORM=norm, ROPE=rope_theta is not None,
-        DOT_FP32=interpreted(_split_kernel) and r_k.dtype == torch.bfloat16,
-        PRECISION=precision, EPSILON=EPS,
-        num_warps=num_warps, num_stages=num_stages)
+    common = (q.stride(0), q.stride(1), k_shared.stride(0), k_shared.stride(1), v_shared.stride(0),
+              v_shared.stride(1), r_k.stride(0), r_k.stride(1), r_k.stride(2), r_v.stride(0), r_v.stride(1),
+              r_v.stride(2))
+    consts = dict(HEADS=heads, HEADS_P=dot_tile(heads), BLOCK_T=block_t, NORM=norm, ROPE=rope_theta is not None,
+                  PRECISION="ieee" if wide else None, EPSILON=EPS, num_warps=num_warps, num_stages=num_stages, **meta)
+    grid = (n_groups, n_splits, B)
+    if method == "folded":
+        # The RoPE products' operands: fp16 beside a 16-bit cache (cos/sin in [-1, 1] keep 11 bits).
+        mq = torch.empty(B, H, dh, max(r, 1), device=q.device, dtype=r_k.dtype if wide else torch.float16)
+        bt2 = torch.empty(H, dh, max(r, 1), device=q.device, dtype=r_k.dtype)
+        gram = torch.empty(H, max(r, 1), max(r, 1), device=q.device, dtype=r_k.dtype)
+        if r > 0:
+            _prepare_kernel[(H, B)](q, k_up, mq, bt2, gram, q.stride(0), q.stride(1), k_up.stride(0),
+                                    k_up.stride(1), H, **meta)
+        _split_folded_kernel[grid](
+            q, k_shared, v_shared, r_k, r_v, mq, bt2, gram, lengths, inv_freq, cos_off, sin_off, m, l, acc_s,
+            acc_r, *common, split_len, n_splits, H, dh ** -0.5 * LOG2E,
+            DOT_FP32=interpreted(_split_folded_kernel) and not wide, **consts)
+    else:
+        _split_rebuilt_kernel[grid](
+            q, k_shared, v_shared, r_k, r_v, k_up, lengths, inv_freq, cos_off, sin_off, m, l, acc_s, acc_r,
+            *common, k_up.stride(0), k_up.stride(1), split_len, n_splits, H, dh ** -0.5 * LOG2E,
+            DOT_FP32=interpreted(_split_rebuilt_kernel) and r_k.dtype == torch.bfloat16, **consts)
     _reduce_kernel[(H, B)](m, l, acc_s, acc_r, v_up, lengths, out, out.stride(0), out.stride(1),
-                           v_up.stride(0), v_up.stride(1), split_len, n_splits,
-                           HALF=half, HALF_P=dot_tile(half), R=r, R_P=dot_tile(r), BLOCK_S=32)
+                           v_up.stride(0), v_up.stride(1), split_len, n_splits, BLOCK_S=32, **meta)
     return out

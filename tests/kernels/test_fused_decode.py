@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from lrkv.kernels import AttentionSpec, build_attention
-from lrkv.kernels.fused.decode import decode
+from lrkv.kernels.fused.decode import decode, logit_method
 from lrkv.kernels.lrkv import attend_compressed
 
 THETA = 10000.0
@@ -39,40 +39,47 @@ def run(q, rows, k_up, v_up, lengths, norm, rope_theta, **tiles):
     return out
 
 
+METHODS = ["folded", "rebuilt"]
+
+
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("dh,r", [(32, 0), (32, 4), (32, 16), (32, 32), (64, 64), (20, 6)])
 @pytest.mark.parametrize("norm,rope_theta", [(True, THETA), (False, None)])
-def test_matches_fp64_reference(dh, r, norm, rope_theta):
+def test_matches_fp64_reference(dh, r, norm, rope_theta, method):
     H = 4 if dh != 20 else 3
     lengths = [37, 5, 64, 1]
     q, rows, k_up, v_up, lengths = compressed_cache(4, 64, H, dh, r, lengths, seed=dh + r)
-    out = run(q, rows, k_up, v_up, lengths, norm, rope_theta, block_t=16, splits=3)
+    out = run(q, rows, k_up, v_up, lengths, norm, rope_theta, method=method, block_t=16, splits=3)
     torch.testing.assert_close(out.double(), reference(q, rows, k_up, v_up, lengths, norm, rope_theta),
                                rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("block_t,splits", [(16, 1), (16, None), (32, 2), (16, 100)])
-def test_tilings_agree(block_t, splits):
+def test_tilings_agree(block_t, splits, method):
     """Every tile size and split count gives the same answer (more splits than tiles included)."""
     q, rows, k_up, v_up, lengths = compressed_cache(2, 70, 4, 32, 16, [70, 33], seed=7)
-    out = run(q, rows, k_up, v_up, lengths, True, THETA, block_t=block_t, splits=splits)
+    out = run(q, rows, k_up, v_up, lengths, True, THETA, method=method, block_t=block_t, splits=splits)
     torch.testing.assert_close(out.double(), reference(q, rows, k_up, v_up, lengths, True, THETA),
                                rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("heads_per_program,block_t", [(1, 16), (2, 32), (3, 16), (4, 16), (16, 32)])
 @pytest.mark.parametrize("r", [0, 16])
-def test_head_groups_agree(heads_per_program, block_t, r):
+def test_head_groups_agree(heads_per_program, block_t, r, method):
     """Any number of heads per program (3 rounds down to a divisor of H = 4) gives the reference answer."""
     q, rows, k_up, v_up, lengths = compressed_cache(2, 40, 4, 32, r, [40, 17], seed=11)
-    out = run(q, rows, k_up, v_up, lengths, True, THETA, block_t=block_t, splits=2,
+    out = run(q, rows, k_up, v_up, lengths, True, THETA, method=method, block_t=block_t, splits=2,
               heads_per_program=heads_per_program)
     torch.testing.assert_close(out.double(), reference(q, rows, k_up, v_up, lengths, True, THETA),
                                rtol=1e-4, atol=1e-4)
 
 
-def test_bf16_within_tolerance():
+@pytest.mark.parametrize("method", METHODS)
+def test_bf16_within_tolerance(method):
     q, rows, k_up, v_up, lengths = compressed_cache(2, 48, 4, 32, 16, [48, 20], seed=3, dtype=torch.bfloat16)
-    out = run(q, rows, k_up, v_up, lengths, True, THETA, block_t=16)
+    out = run(q, rows, k_up, v_up, lengths, True, THETA, method=method, block_t=16)
     expected = reference(q, rows, k_up, v_up, lengths, True, THETA)
     assert ((out.double() - expected).norm() / expected.norm()) < 1e-2
 
@@ -92,8 +99,21 @@ def test_layer_decode_through_kernel_matches_forward(monkeypatch):
     torch.testing.assert_close(steps, full, rtol=1e-4, atol=1e-4)
 
 
+def test_method_follows_the_measured_crossover():
+    """Folded logits for small ranks over long enough batches; keys rebuilt otherwise."""
+    assert logit_method(8, 32768, 16) == logit_method(8, 2048, 32) == "folded"
+    assert logit_method(1, 2048, 16) == logit_method(8, 32768, 64) == "rebuilt"
+
+
 def test_shape_mismatch_names_the_argument():
     q, rows, k_up, v_up, lengths = compressed_cache(2, 8, 4, 32, 16, [8, 8], seed=0)
     with pytest.raises(ValueError, match="r_v: expected shape"):
         decode(q, rows["k_shared"], rows["v_shared"], rows["r_k"], rows["r_v"][:, :, :2], k_up, v_up, lengths,
                norm=True, rope_theta=THETA)
+
+
+def test_unknown_method_names_the_argument():
+    q, rows, k_up, v_up, lengths = compressed_cache(2, 8, 4, 32, 16, [8, 8], seed=0)
+    with pytest.raises(ValueError, match="method: expected one of"):
+        decode(q, rows["k_shared"], rows["v_shared"], rows["r_k"], rows["r_v"], k_up, v_up, lengths,
+               norm=True, rope_theta=THETA, method="fast")
