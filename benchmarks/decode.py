@@ -29,23 +29,23 @@ import torch.nn.functional as F
 import triton
 from triton.runtime.errors import OutOfResources
 
-from lrkv.kernels.fused.decode import TILINGS, decode, logit_method
+from lrkv.kernels.fused.decode import TILINGS, decode, default_tiling, logit_method
 from lrkv.kernels.lrkv import attend_compressed
 from lrkv.kernels.ops import rms_norm
 from lrkv.workers.profile import copies_past_l2, copy_bandwidth, step_seconds
 
 RESULTS = Path(__file__).parent / "results"
 THETA = 10000.0
-# Candidates (method, block_t, num_warps, num_stages, min_tiles, waves, heads_per_program); each method's
-# default tiling (TILINGS) is among them, and `logit_method` picks the one the product uses per cell.
-CANDIDATES = [("rebuilt", *TILINGS["rebuilt"]), ("folded", *TILINGS["folded"]),
-              ("folded", 128, 8, 3, 2, 8, None), ("folded", 128, 4, 2, 2, 8, None), ("folded", 256, 8, 2, 2, 4, None),
+# Candidates (method, block_t, num_warps, num_stages, min_tiles, waves, heads_per_program); the product's
+# defaults (TILINGS) are among them, and `logit_method` picks the one it runs per cell.
+CANDIDATES = [("rebuilt", *TILINGS["rebuilt"]), ("folded", *TILINGS["folded"]), ("folded", *TILINGS["folded-wide"]),
+              ("folded", 128, 4, 2, 2, 8, None), ("folded", 256, 8, 2, 2, 4, None),
               ("folded", 64, 4, 3, 2, 16, 8), ("folded", 128, 8, 2, 2, 4, None)]
 
 
-def default_tiling(B: int, T: int, r: int) -> tuple:
+def product_tiling(B: int, T: int, r: int) -> tuple:
     method = logit_method(B, T, r)
-    return (method, *TILINGS[method])
+    return (method, *default_tiling(method, r))
 
 
 def graph_ms(step, copies: int) -> float:
@@ -156,9 +156,9 @@ def with_defaults(cell: dict) -> dict:
     """fused_ms: the product's choice (method and its default tiling) for the cell; best_ms: the fastest candidate."""
     by_tiling = cell["fused_ms_by_tiling"]
     best = min(by_tiling, key=by_tiling.get)
-    chosen = str(default_tiling(cell["B"], cell["T"], cell["r"]))
+    chosen = str(product_tiling(cell["B"], cell["T"], cell["r"]))
     cell.update(fused_ms=by_tiling.get(chosen), default_tiling=chosen, best_ms=by_tiling[best], best_tiling=best)
-    for method in TILINGS:
+    for method in ("rebuilt", "folded"):
         cell[f"{method}_ms"] = min((ms for t, ms in by_tiling.items() if t.startswith(f"('{method}'")), default=None)
     return cell
 

@@ -373,16 +373,20 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
 
 
-# Tilings per logit method: (block_t, num_warps, num_stages, min_tiles, waves, heads_per_program); the
-# fastest of benchmarks/decode.py's candidates on an H100.
-TILINGS = {"rebuilt": (32, 2, 2, 4, 32, 1), "folded": (64, 4, 3, 2, 8, None)}
+# Tilings (block_t, num_warps, num_stages, min_tiles, waves, heads_per_program): the fastest of
+# benchmarks/decode.py's candidates on an H100 (benchmarks/NOTES.md). The folded kernel takes wider
+# tiles from r > 32 on, so the per-head matrices it streams are amortised over more tokens.
+TILINGS = {"rebuilt": (32, 2, 2, 4, 32, 1), "folded": (64, 4, 3, 2, 8, None), "folded-wide": (128, 8, 3, 2, 8, None)}
 
 
 def logit_method(batch: int, max_len: int, rank: int) -> str:
-    """Which split kernel serves a shape: keys folded into the tensor cores' products while the per-head
-    matrices they stream stay small (r ≤ 32) and the batch is long enough to fill the card; else keys
-    rebuilt per head, one head per program (measured crossover, benchmarks/NOTES.md)."""
-    return "folded" if rank <= 32 and batch * max_len >= 16384 else "rebuilt"
+    """The split kernel for a shape: folded while its per-head matrices stay small (r ≤ 64) and the
+    batch holds enough tokens to fill the card (B·T ≥ 32K); else keys rebuilt, one head per program."""
+    return "folded" if rank <= 64 and batch * max_len >= 32768 else "rebuilt"
+
+
+def default_tiling(method: str, rank: int) -> tuple:
+    return TILINGS["folded-wide" if method == "folded" and rank > 32 else method]
 
 
 def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k: torch.Tensor,
@@ -396,7 +400,7 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
     k_shared, v_shared: (B, T_max, d_h); r_k, r_v: (B, T_max, H, r); k_up, v_up: (H, r, d_h);
     lengths (B,): rows at or past a sequence's length are never read. rope_theta None skips RoPE.
     `method` picks the split kernel, "folded" or "rebuilt" (None: `logit_method`); the tiling arguments
-    default to that method's entry in TILINGS:
+    default to `default_tiling`:
     `splits` fixes the number of sequence chunks (by default: `waves` programs per multiprocessor, so
     enough loads are in flight, each streaming at least `min_tiles` tiles of `block_t` tokens);
     `heads_per_program` heads share one program (a divisor of H at most this; None: all, at most 16);
@@ -414,11 +418,11 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
         if t.numel() and t.stride(-1) != 1:
             raise ValueError(f"{name}: expected a unit stride in its last dim")
     method = method or logit_method(B, T_max, r)
-    if method not in TILINGS:
-        raise ValueError(f"method: expected one of {sorted(TILINGS)}, got {method!r}")
+    if method not in ("folded", "rebuilt"):
+        raise ValueError(f"method: expected 'folded' or 'rebuilt', got {method!r}")
     given = (block_t, num_warps, num_stages, min_tiles, waves, heads_per_program)
     block_t, num_warps, num_stages, min_tiles, waves, heads_per_program = (
-        d if v is None else v for v, d in zip(given, TILINGS[method]))
+        d if v is None else v for v, d in zip(given, default_tiling(method, r)))
 
     half = dh // 2
     heads = max(d for d in range(1, min(heads_per_program or 16, H) + 1) if H % d == 0)  # a divisor of H

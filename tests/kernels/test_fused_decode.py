@@ -100,9 +100,9 @@ def test_layer_decode_through_kernel_matches_forward(monkeypatch):
 
 
 def test_method_follows_the_measured_crossover():
-    """Folded logits for small ranks over long enough batches; keys rebuilt otherwise."""
-    assert logit_method(8, 32768, 16) == logit_method(8, 2048, 32) == "folded"
-    assert logit_method(1, 2048, 16) == logit_method(8, 32768, 64) == "rebuilt"
+    """Folded logits for r ≤ 64 over batches of at least 32K tokens; keys rebuilt otherwise."""
+    assert logit_method(8, 32768, 64) == logit_method(1, 32768, 16) == logit_method(32, 2048, 32) == "folded"
+    assert logit_method(8, 2048, 16) == logit_method(8, 32768, 128) == "rebuilt"
 
 
 def test_shape_mismatch_names_the_argument():
@@ -114,6 +114,6 @@ def test_shape_mismatch_names_the_argument():
 
 def test_unknown_method_names_the_argument():
     q, rows, k_up, v_up, lengths = compressed_cache(2, 8, 4, 32, 16, [8, 8], seed=0)
-    with pytest.raises(ValueError, match="method: expected one of"):
+    with pytest.raises(ValueError, match="method: expected 'folded' or 'rebuilt'"):
         decode(q, rows["k_shared"], rows["v_shared"], rows["r_k"], rows["r_v"], k_up, v_up, lengths,
                norm=True, rope_theta=THETA, method="fast")
