@@ -27,7 +27,7 @@ from lrkv.workers.config import TrialConfig
 from lrkv.workers.data import load_blocks
 
 from . import search
-from .remote import ReportBoard, run_trial, run_trial_fresh_worker
+from .remote import ReportBoard, run_trial, run_trial_fresh_worker, warm_worker
 from .spec import OBJECTIVES, SweepSpec, parse_spec
 from .stores import Stores, redact
 from .tracking import Tracker
@@ -93,8 +93,9 @@ def counted(trial: optuna.trial.FrozenTrial) -> bool:
 
 class SweepDriver:
     def __init__(self, study: optuna.Study, spec: SweepSpec, stores: Stores, address: str | None = None,
-                 view=None, tracker: Tracker | None = None):
+                 view=None, tracker: Tracker | None = None, board=None):
         self.study, self.spec, self.stores, self.address, self.view = study, spec, stores, address, view
+        self.board = board
         self.storage = study._storage
         self.tracker = tracker or connect_tracker(stores, spec.name)
         self.active: dict[ray.ObjectRef, Running] = {}
@@ -115,17 +116,20 @@ class SweepDriver:
         vocab = load_blocks(spec.data_config()).vocab_size  # bad data fails here, before any store is written
         storage = stores.optuna_storage()  # an unreachable database fails here, before anything is written
         stores.prepare()
-        tracker = connect_tracker(stores, spec.name)
+        # A tracking server must answer before the name is claimed. A local SQLite store that can be
+        # opened sets itself up (schema migrations, up to ~1.5 s) after the claim, while the slots warm.
+        tracker = None if stores.local_tracking_usable() else connect_tracker(stores, spec.name)
         try:
             study = optuna.create_study(study_name=spec.name, storage=storage,
                                         directions=spec.directions, sampler=search.make_sampler(spec))
         except optuna.exceptions.DuplicatedStudyError:
             raise SweepError("name", f"a sweep name not yet in {redact(stores.study_url)} "
                                      f"(resume it with `lrkv sweep resume {spec.name}`)", spec.name) from None
+        board = start_workers(spec, kw.get("address"))  # only now: a refused sweep starts no Ray
         study.set_user_attr("spec", spec.model_dump(mode="json", exclude={"storage"}))  # no credentials in the study
         study.set_user_attr("digest", spec.digest())
         study.set_user_attr("vocab_size", vocab)
-        driver = cls(study, spec, stores, tracker=tracker, **kw)
+        driver = cls(study, spec, stores, tracker=tracker or connect_tracker(stores, spec.name), board=board, **kw)
         driver.claim()
         study.set_user_attr("mlflow_parent_run_id", driver.tracker.start_parent(
             spec.name, spec.model_dump(mode="json", exclude={"storage"}), spec.digest()))
@@ -139,6 +143,7 @@ class SweepDriver:
         load_blocks(spec.data_config())
         driver = cls(study, spec, stores, **kw)
         driver.claim()
+        driver.board = start_workers(spec, driver.address)
         study.set_user_attr("cancel_requested", None)
         driver.requeue_interrupted()
         driver.tracker.client.update_run(study.user_attrs["mlflow_parent_run_id"], status="RUNNING")
@@ -168,10 +173,9 @@ class SweepDriver:
 
     # -- the loop -----------------------------------------------------------------------------------
     def run(self) -> optuna.Study:
-        self._connect()
+        if self.board is None:
+            self.board = start_workers(self.spec, self.address)
         vocab = self.study.user_attrs["vocab_size"]
-        grace = int(self.spec.pruning.grace * self.spec.budget.tokens_per_trial)
-        self.board = ReportBoard.remote(self.spec.pruning.margin, grace, self.spec.pruning.enabled)
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
             if "curve" in t.user_attrs:
                 ray.get(self.board.register.remote(t.number, t.params["size"], self._cost_tuple(t.user_attrs["costs"]),
@@ -222,15 +226,6 @@ class SweepDriver:
         parent = self.study.user_attrs["mlflow_parent_run_id"]
         log_front(self.study, self.tracker, parent)
         self.tracker.finish_parent(parent, status)
-
-    def _connect(self) -> None:
-        if ray.is_initialized():
-            return
-        if self.address:
-            ray.init(address=self.address, log_to_driver=False, configure_logging=False)
-        else:
-            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
-                     num_cpus=os.cpu_count(), num_gpus=_local_gpus())
 
     def _trials_left(self) -> int:
         return self.spec.budget.trials - sum(counted(t) for t in self.study.get_trials(deepcopy=False))
@@ -424,6 +419,30 @@ class SweepDriver:
     def _set_attr(self, number: int, key: str, value) -> None:
         study_id = self.storage.get_study_id_from_name(self.study.study_name)
         self.storage.set_trial_user_attr(self.storage.get_trial_id_from_study_id_trial_number(study_id, number), key, value)
+
+
+def connect_ray(address: str | None) -> None:
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 num_cpus=os.cpu_count(), num_gpus=_local_gpus())
+
+
+def start_workers(spec: SweepSpec, address: str | None):
+    """Start Ray and the sweep's report board, and have a worker per trial slot import torch and the
+    trial code (about a second each), all while the driver sets up the sweep: the first trials do not
+    wait for them. GPU trials get a fresh worker each, which no warming helps. Returns the board."""
+    connect_ray(address)
+    grace = int(spec.pruning.grace * spec.budget.tokens_per_trial)
+    board = ReportBoard.remote(spec.pruning.margin, grace, spec.pruning.enabled)
+    res = spec.resources
+    if not res.gpus_per_trial:
+        for _ in range(spec.budget.concurrency):
+            warm_worker.options(num_cpus=res.cpus_per_trial).remote()
+    return board
 
 
 def _alive(pid: int) -> bool:

@@ -88,6 +88,13 @@ def trial_task(config: dict, number: int, board, threads: int) -> dict:
     return {"status": "complete", "reason": None, "record": record}
 
 
+@ray.remote
+def warm_worker() -> None:
+    """Import what a trial runs (torch, the training code), so that the worker's first trial need not.
+    Ray ships a task's function by value: only the modules it names are imported in the worker."""
+    import lrkv.workers.train  # noqa: F401
+
+
 run_trial = ray.remote(trial_task)
 # On a GPU each trial gets a fresh worker: no CUDA context, cached memory or compiled graphs carried over.
 run_trial_fresh_worker = ray.remote(max_calls=1)(trial_task)

@@ -88,6 +88,16 @@ class Stores:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def local_tracking_usable(self) -> bool:
+        """A local SQLite tracking store whose file (or, before its first use, folder) is writable here, so
+        that opening it can wait until the sweep is accepted: only a damaged file or a full disk fails then."""
+        if not self.tracking_uri.startswith("sqlite:///"):
+            return False
+        path = Path(self.tracking_uri.removeprefix("sqlite:///"))
+        if path.exists():
+            return path.is_file() and os.access(path, os.R_OK | os.W_OK)
+        return path.parent.is_dir() and os.access(path.parent, os.W_OK)
+
     def prepare(self) -> None:
         """Create the workspace folder the local stores live in (only when a sweep starts)."""
         if self.local or self.tracking_uri.startswith("sqlite:///"):
