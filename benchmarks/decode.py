@@ -29,19 +29,18 @@ import torch.nn.functional as F
 import triton
 from triton.runtime.errors import OutOfResources
 
-from lrkv.kernels.fused.decode import FITTED, TILINGS, decode, default_tiling, logit_method
+from lrkv.kernels.fused.decode import TILINGS, decode, default_tiling, logit_method
 from lrkv.kernels.lrkv import attend_compressed
 from lrkv.kernels.ops import rms_norm
 from lrkv.workers.profile import copies_past_l2, copy_bandwidth, step_seconds
 
 RESULTS = Path(__file__).parent / "results"
 THETA = 10000.0
-# Candidates (method, block_t, num_warps, num_stages, min_tiles, waves, heads_per_program, chunk_width); the product's
+# Candidates (method, block_t, num_warps, num_stages, min_tiles, waves, heads_per_program); the product's
 # defaults (TILINGS) are among them, and `logit_method` picks the one it runs per cell.
 CANDIDATES = [("rebuilt", *TILINGS["rebuilt"]), ("folded", *TILINGS["folded"]), ("folded", *TILINGS["folded-wide"]),
-              ("folded", 64, 4, 3, 2, 8, None, 16), ("folded", 128, 8, 3, 2, 8, None, 16),
-              ("folded", 64, 8, 3, 2, 8, None, 256), ("folded", 128, 8, 3, 2, 8, None, 256),
-              ("folded", 64, 4, 3, 2, 8, None, 64)]
+              ("folded", 128, 4, 2, 2, 8, None), ("folded", 256, 8, 2, 2, 4, None),
+              ("folded", 64, 4, 3, 2, 16, 8), ("folded", 128, 8, 2, 2, 4, None)]
 
 
 def product_tiling(B: int, T: int, r: int) -> tuple:
@@ -66,10 +65,10 @@ def lrkv_cache(B, T, H, dh, r, device, gen):
 
 
 def fused(q, rows, k_up, v_up, lengths, tiling, out=None):
-    method, block_t, warps, stages, min_tiles, waves, heads, width = tiling
+    method, block_t, warps, stages, min_tiles, waves, heads = tiling
     return decode(q, rows["k_shared"], rows["v_shared"], rows["r_k"], rows["r_v"], k_up, v_up, lengths,
                   norm=True, rope_theta=THETA, method=method, block_t=block_t, num_warps=warps, num_stages=stages,
-                  min_tiles=min_tiles, waves=waves, heads_per_program=heads, chunk_width=width, out=out)
+                  min_tiles=min_tiles, waves=waves, heads_per_program=heads, out=out)
 
 
 def reference_error(q, rows, k_up, v_up, lengths, out) -> float:
@@ -226,11 +225,8 @@ def main() -> None:
                 print(f"B={B:>2} T={T:>5} r={r:>3}  fused {cell['fused_ms']} ms  floor {cell['floor_ms']:.4f}  "
                       f"mha {mha:.4f}  err {cell['max_rel_err']:.2e}  {cell['best_tiling']}", flush=True)
 
-    env["folded_fitted"] = [[str(k), v] for k, v in FITTED.items()]  # (chunk, num_stages) each shape ran with
     write(out, env, cells)
     print_table(env, cells)
-    for key, fitted in env["folded_fitted"]:
-        print(f"folded {key}: chunk, stages = {fitted}")
     print(f"written: {out}")
 
 

@@ -24,7 +24,6 @@ import functools
 import torch
 import triton
 import triton.language as tl
-from triton.runtime.errors import OutOfResources
 
 from ..ops import EPS, rope_frequencies
 from .tiles import dot_tile, interpreted
@@ -40,23 +39,10 @@ def _mma(a, b, acc, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _fold(x, onehot, acc, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
-    # acc + x @ onehot with x in fp32 on the tensor cores: x as a bf16 pair (high part + rounding
-    # error) keeps ~16 bits, and onehot (0/1) is exact in bf16.
-    if PRECISION == "ieee":
-        return _mma(x, onehot, acc, DOT_FP32, PRECISION)
-    e = onehot.to(tl.bfloat16)
-    hi = x.to(tl.bfloat16)
-    acc = _mma(hi, e, acc, DOT_FP32, PRECISION)
-    return _mma((x - hi.to(tl.float32)).to(tl.bfloat16), e, acc, DOT_FP32, PRECISION)
-
-
-@triton.jit
 def _prepare_kernel(Q, KUP, MQ, BT2, GRAM, sq_b, sq_h, sup_h, sup_r, n_heads,
                     HALF: tl.constexpr, HALF_P: tl.constexpr, R: tl.constexpr, R_P: tl.constexpr):
     # M_h = [M_cos; M_sin] (d_h × r) with q_h folded into B_k,h, from q·R_t(x) for x = r B_k,h:
     # M_cos[i, j] = q1_i B1_ji + q2_i B2_ji and M_sin[i, j] = q2_i B1_ji - q1_i B2_ji (half-split RoPE).
-    # MQ is (B, d_h, H, r) and BT2 (d_h, H, r), so a group of heads' columns are contiguous per row.
     h, b = tl.program_id(0), tl.program_id(1)
     offs_d = tl.arange(0, HALF_P)
     offs_r = tl.arange(0, R_P)
@@ -69,14 +55,13 @@ def _prepare_kernel(Q, KUP, MQ, BT2, GRAM, sq_b, sq_h, sup_h, sup_r, n_heads,
     up = KUP + h * sup_h + offs_r[None, :] * sup_r + offs_d[:, None]  # B_k,hᵀ, by halves of d_h
     b1 = tl.load(up, mask=dr_ok, other=0.0).to(tl.float32)
     b2 = tl.load(up + HALF, mask=dr_ok, other=0.0).to(tl.float32)
-    cols = h * R + offs_r[None, :]
-    mq = MQ + (b * 2 * HALF + offs_d[:, None]) * n_heads * R + cols
+    mq = MQ + ((b * n_heads + h) * 2 * HALF + offs_d[:, None]) * R + offs_r[None, :]
     tl.store(mq, (q1 * b1 + q2 * b2).to(MQ.dtype.element_ty), mask=dr_ok)
-    tl.store(mq + HALF * n_heads * R, (q2 * b1 - q1 * b2).to(MQ.dtype.element_ty), mask=dr_ok)
+    tl.store(mq + HALF * R, (q2 * b1 - q1 * b2).to(MQ.dtype.element_ty), mask=dr_ok)
     if b == 0:  # the per-head factors of the norm, shared by every sequence
-        bt = BT2 + offs_d[:, None] * n_heads * R + cols
+        bt = BT2 + (h * 2 * HALF + offs_d[:, None]) * R + offs_r[None, :]
         tl.store(bt, (2 * b1).to(BT2.dtype.element_ty), mask=dr_ok)
-        tl.store(bt + HALF * n_heads * R, (2 * b2).to(BT2.dtype.element_ty), mask=dr_ok)
+        tl.store(bt + HALF * R, (2 * b2).to(BT2.dtype.element_ty), mask=dr_ok)
         gram = tl.dot(tl.trans(b1), b1, input_precision="ieee")
         gram = tl.dot(tl.trans(b2), b2, acc=gram, input_precision="ieee")
         tl.store(GRAM + (h * R + offs_r[:, None]) * R + offs_r[None, :], gram.to(GRAM.dtype.element_ty),
@@ -85,35 +70,28 @@ def _prepare_kernel(Q, KUP, MQ, BT2, GRAM, sq_b, sq_h, sup_h, sup_r, n_heads,
 
 @triton.jit
 def _split_folded_kernel(Q, KS, VS, RK, RV, MQ, BT2, GRAM, LENGTHS, INV_FREQ, COS, SIN, M, L, ACC_S, ACC_R,
-                         sq_b, sq_h, sks_b, sks_t, svs_b, svs_t, srk_b, srk_t, srk_h, srv_b, srv_t, srv_h,
-                         split_len, n_splits, n_heads, qk_scale,
-                         HEADS: tl.constexpr, HEADS_P: tl.constexpr, CHUNK: tl.constexpr,
-                         HALF: tl.constexpr, HALF_P: tl.constexpr, R: tl.constexpr, R_P: tl.constexpr,
-                         BLOCK_T: tl.constexpr, NORM: tl.constexpr, ROPE: tl.constexpr,
-                         DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, EPSILON: tl.constexpr):
-    # One program streams a chunk of one sequence for a group of HEADS heads, CHUNK heads at a time:
-    # a chunk's products are (BLOCK_T, CHUNK·R_P) wide, one R_P-column block per head. Per-head results
-    # are (BLOCK_T, HEADS_P) with one column per head, or (HEADS_P, ·) with one row per head.
+                  sq_b, sq_h, sks_b, sks_t, svs_b, svs_t, srk_b, srk_t, srk_h, srv_b, srv_t, srv_h,
+                  split_len, n_splits, n_heads, qk_scale,
+                  HEADS: tl.constexpr, HEADS_P: tl.constexpr,
+                  HALF: tl.constexpr, HALF_P: tl.constexpr, R: tl.constexpr, R_P: tl.constexpr,
+                  BLOCK_T: tl.constexpr, NORM: tl.constexpr, ROPE: tl.constexpr,
+                  DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, EPSILON: tl.constexpr):
+    # One program streams a chunk of one sequence for a group of HEADS heads. Per-head tensors are
+    # (BLOCK_T, HEADS_P) with one column per head, or (HEADS_P, ·) with one row per head.
     g, split, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     h0 = g * HEADS
     length = tl.load(LENGTHS + b).to(tl.int32)
     start = split * split_len
     end = tl.minimum(start + split_len, length)
     op = MQ.dtype.element_ty  # fp16 beside a 16-bit cache: RoPE terms in [-1, 1] keep 11 bits
-    WIDE: tl.constexpr = CHUNK * R_P
 
     offs_t = tl.arange(0, BLOCK_T)
     offs_d = tl.arange(0, HALF_P)
-    offs_h = tl.arange(0, HEADS_P)
-    offs_w = tl.arange(0, WIDE)
     offs_r = tl.arange(0, R_P)
+    offs_h = tl.arange(0, HEADS_P)
     d_ok = offs_d < HALF
-    h_ok = offs_h < HEADS  # the host picks HEADS dividing the head count, CHUNK dividing HEADS
-    w_head, w_rank = offs_w // R_P, offs_w % R_P  # a wide column's head (within the chunk) and rank
-    w_ok = w_rank < R
-    dw_ok = d_ok[:, None] & w_ok[None, :]
-    same_head = (w_head[:, None] == w_head[None, :]) & w_ok[:, None] & w_ok[None, :]
-    to_rank = (w_rank[:, None] == offs_r[None, :]).to(tl.float32)  # (WIDE, R_P): a column's rank
+    r_ok = offs_r < R
+    h_ok = offs_h < HEADS  # the host picks HEADS dividing the head count
 
     q = Q + b * sq_b + (h0 + offs_h)[None, :] * sq_h + offs_d[:, None]  # the group's queries as columns
     q1 = tl.load(q, mask=d_ok[:, None] & h_ok[None, :], other=0.0).to(op)
@@ -131,6 +109,7 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, MQ, BT2, GRAM, LENGTHS, INV_FREQ, CO
     acc1 = tl.zeros((HEADS_P, HALF_P), tl.float32)  # p·V_shared, first and second half of d_h
     acc2 = tl.zeros((HEADS_P, HALF_P), tl.float32)
     acc_r = tl.zeros((HEADS_P, R_P), tl.float32)    # p·R_v,h, one row per head
+    mr_ok = d_ok[:, None] & r_ok[None, :]
 
     for t0 in range(start, end, BLOCK_T):
         t = t0 + offs_t
@@ -156,32 +135,26 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, MQ, BT2, GRAM, LENGTHS, INV_FREQ, CO
             cos_op = cos_t.to(op)
             if ROPE:
                 sin_op = sin_t.to(op)
-            for c in range(HEADS // CHUNK):
-                hc = h0 + c * CHUNK
-                cols = (hc + w_head) * R + w_rank  # the chunk's columns of an (·, H·r) row
-                rk = tl.load(RK + b * srk_b + t[:, None] * srk_t + (hc + w_head)[None, :] * srk_h
-                             + w_rank[None, :], mask=t_ok[:, None] & w_ok[None, :], other=0.0)
-                rk32 = rk.to(tl.float32)
-                # (WIDE, HEADS_P): sums a column block into its head's column
-                to_head = ((c * CHUNK + w_head)[:, None] == offs_h[None, :]).to(tl.float32)
-                mq = MQ + (b * 2 * HALF + offs_d[:, None]) * n_heads * R + cols[None, :]
-                w = _mma(cos_op, tl.load(mq, mask=dw_ok, other=0.0), tl.zeros((BLOCK_T, WIDE), tl.float32),
+            for j in range(HEADS):
+                h = h0 + j
+                rk = tl.load(RK + b * srk_b + t[:, None] * srk_t + h * srk_h + offs_r[None, :],
+                             mask=t_ok[:, None] & r_ok[None, :], other=0.0)
+                mq = MQ + ((b * n_heads + h) * 2 * HALF + offs_d[:, None]) * R + offs_r[None, :]
+                w = _mma(cos_op, tl.load(mq, mask=mr_ok, other=0.0), tl.zeros((BLOCK_T, R_P), tl.float32),
                          DOT_FP32, PRECISION)
                 if ROPE:
-                    w = _mma(sin_op, tl.load(mq + HALF * n_heads * R, mask=dw_ok, other=0.0), w,
-                             DOT_FP32, PRECISION)
-                s = _fold(rk32 * w, to_head, s, DOT_FP32, PRECISION)
+                    w = _mma(sin_op, tl.load(mq + HALF * R, mask=mr_ok, other=0.0), w, DOT_FP32, PRECISION)
+                rk32 = rk.to(tl.float32)
+                s = tl.where(offs_h[None, :] == j, s + tl.sum(rk32 * w, axis=1)[:, None], s)
                 if NORM:
-                    bt = BT2 + offs_d[:, None] * n_heads * R + cols[None, :]
-                    n = _mma(ks1_raw, tl.load(bt, mask=dw_ok, other=0.0), tl.zeros((BLOCK_T, WIDE), tl.float32),
+                    bt = BT2 + (h * 2 * HALF + offs_d[:, None]) * R + offs_r[None, :]
+                    n = _mma(ks1_raw, tl.load(bt, mask=mr_ok, other=0.0), tl.zeros((BLOCK_T, R_P), tl.float32),
                              DOT_FP32, PRECISION)
-                    n = _mma(ks2_raw, tl.load(bt + HALF * n_heads * R, mask=dw_ok, other=0.0), n,
-                             DOT_FP32, PRECISION)
-                    # the chunk's B B^T blocks on the diagonal of a (WIDE, WIDE) operand (only those are read)
-                    gram = tl.load(GRAM + ((hc + w_head[:, None]) * R + w_rank[:, None]) * R + w_rank[None, :],
-                                   mask=same_head, other=0.0)
+                    n = _mma(ks2_raw, tl.load(bt + HALF * R, mask=mr_ok, other=0.0), n, DOT_FP32, PRECISION)
+                    gram = tl.load(GRAM + (h * R + offs_r[:, None]) * R + offs_r[None, :],
+                                   mask=r_ok[:, None] & r_ok[None, :], other=0.0)
                     n = _mma(rk, gram, n, DOT_FP32, PRECISION)
-                    sq = _fold(rk32 * n, to_head, sq, DOT_FP32, PRECISION)
+                    sq = tl.where(offs_h[None, :] == j, sq + tl.sum(rk32 * n, axis=1)[:, None], sq)
         if NORM:
             s *= tl.rsqrt(sq / (2 * HALF) + EPSILON)
         s = tl.where(t_ok[:, None], s * qk_scale, float("-inf"))
@@ -198,15 +171,12 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, MQ, BT2, GRAM, LENGTHS, INV_FREQ, CO
         pv = pt.to(v1.dtype)
         acc1 = _mma(pv, v1, acc1 * alpha[:, None], DOT_FP32, PRECISION)
         acc2 = _mma(pv, v2, acc2 * alpha[:, None], DOT_FP32, PRECISION)
-        if R > 0:  # every head's p against a chunk's R_v; each head keeps its own column block
+        if R > 0:  # each head's row of p against its own R_v,h (the other rows are zero)
             acc_r = acc_r * alpha[:, None]
-            for c in range(HEADS // CHUNK):
-                hc = h0 + c * CHUNK
-                rv = tl.load(RV + b * srv_b + t[:, None] * srv_t + (hc + w_head)[None, :] * srv_h
-                             + w_rank[None, :], mask=t_ok[:, None] & w_ok[None, :], other=0.0)
-                full = _mma(pv, rv, tl.zeros((HEADS_P, WIDE), tl.float32), DOT_FP32, PRECISION)
-                own = offs_h[:, None] == (c * CHUNK + w_head)[None, :]  # each head's own column block
-                acc_r = _fold(tl.where(own, full, 0.0), to_rank, acc_r, DOT_FP32, PRECISION)
+            for j in range(HEADS):
+                rv = tl.load(RV + b * srv_b + t[:, None] * srv_t + (h0 + j) * srv_h + offs_r[None, :],
+                             mask=t_ok[:, None] & r_ok[None, :], other=0.0)
+                acc_r = _mma(tl.where(offs_h[:, None] == j, pt, 0.0).to(rv.dtype), rv, acc_r, DOT_FP32, PRECISION)
 
     # Partials of head h, split s of sequence b live at row (b·H + h)·n_splits + s.
     row = (b * n_heads + h0 + offs_h) * n_splits + split
@@ -217,7 +187,7 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, MQ, BT2, GRAM, LENGTHS, INV_FREQ, CO
     tl.store(acc, acc1, mask=hd_ok)
     tl.store(acc + HALF, acc2, mask=hd_ok)
     if R > 0:
-        tl.store(ACC_R + row[:, None] * R + offs_r[None, :], acc_r, mask=h_ok[:, None] & (offs_r < R)[None, :])
+        tl.store(ACC_R + row[:, None] * R + offs_r[None, :], acc_r, mask=h_ok[:, None] & r_ok[None, :])
 
 
 @triton.jit
@@ -403,14 +373,10 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
 
 
-# Tilings (block_t, num_warps, num_stages, min_tiles, waves, heads_per_program, chunk_width): the fastest of
+# Tilings (block_t, num_warps, num_stages, min_tiles, waves, heads_per_program): the fastest of
 # benchmarks/decode.py's candidates on an H100 (benchmarks/NOTES.md). The folded kernel takes wider
 # tiles from r > 32 on, so the per-head matrices it streams are amortised over more tokens.
-TILINGS = {"rebuilt": (32, 2, 2, 4, 32, 1, 0), "folded": (64, 4, 3, 2, 8, None, 128),
-           "folded-wide": (128, 8, 3, 2, 8, None, 128)}
-
-
-FITTED: dict[tuple, tuple[int, int]] = {}  # (chunk, num_stages) the folded kernel fits in, per launch shape
+TILINGS = {"rebuilt": (32, 2, 2, 4, 32, 1), "folded": (64, 4, 3, 2, 8, None), "folded-wide": (128, 8, 3, 2, 8, None)}
 
 
 def logit_method(batch: int, max_len: int, rank: int) -> str:
@@ -428,7 +394,7 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
            norm: bool, rope_theta: float | None, method: str | None = None, block_t: int | None = None,
            num_warps: int | None = None, num_stages: int | None = None, min_tiles: int | None = None,
            waves: int | None = None, splits: int | None = None, heads_per_program: int | None = None,
-           chunk_width: int | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+           out: torch.Tensor | None = None) -> torch.Tensor:
     """Attention output (B, H, d_h) of q (B, H, d_h), already normalised and rotated, over an LRKV cache.
 
     k_shared, v_shared: (B, T_max, d_h); r_k, r_v: (B, T_max, H, r); k_up, v_up: (H, r, d_h);
@@ -438,8 +404,6 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
     `splits` fixes the number of sequence chunks (by default: `waves` programs per multiprocessor, so
     enough loads are in flight, each streaming at least `min_tiles` tiles of `block_t` tokens);
     `heads_per_program` heads share one program (a divisor of H at most this; None: all, at most 16);
-    `chunk_width`: the folded kernel takes a program's heads as many at a time as fit this many
-    (rank-padded) columns;
     `out`, if given, receives the result.
     """
     B, H, dh = q.shape
@@ -456,16 +420,13 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
     method = method or logit_method(B, T_max, r)
     if method not in ("folded", "rebuilt"):
         raise ValueError(f"method: expected 'folded' or 'rebuilt', got {method!r}")
-    given = (block_t, num_warps, num_stages, min_tiles, waves, heads_per_program, chunk_width)
-    block_t, num_warps, num_stages, min_tiles, waves, heads_per_program, chunk_width = (
+    given = (block_t, num_warps, num_stages, min_tiles, waves, heads_per_program)
+    block_t, num_warps, num_stages, min_tiles, waves, heads_per_program = (
         d if v is None else v for v, d in zip(given, default_tiling(method, r)))
 
     half = dh // 2
     heads = max(d for d in range(1, min(heads_per_program or 16, H) + 1) if H % d == 0)  # a divisor of H
     n_groups = H // heads
-    chunk = 1  # a power of two dividing `heads`, its heads' columns within chunk_width
-    while heads % (2 * chunk) == 0 and 2 * chunk * dot_tile(r) <= chunk_width:
-        chunk *= 2
     n_tiles = triton.cdiv(max(T_max, 1), block_t)
     if splits is None:
         splits = min(triton.cdiv(waves * _sm_count(q.device), B * n_groups), triton.cdiv(n_tiles, min_tiles))
@@ -490,26 +451,16 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
     grid = (n_groups, n_splits, B)
     if method == "folded":
         # The RoPE products' operands: fp16 beside a 16-bit cache (cos/sin in [-1, 1] keep 11 bits).
-        mq = torch.empty(B, dh, H, max(r, 1), device=q.device, dtype=r_k.dtype if wide else torch.float16)
-        bt2 = torch.empty(dh, H, max(r, 1), device=q.device, dtype=r_k.dtype)
+        mq = torch.empty(B, H, dh, max(r, 1), device=q.device, dtype=r_k.dtype if wide else torch.float16)
+        bt2 = torch.empty(H, dh, max(r, 1), device=q.device, dtype=r_k.dtype)
         gram = torch.empty(H, max(r, 1), max(r, 1), device=q.device, dtype=r_k.dtype)
         if r > 0:
             _prepare_kernel[(H, B)](q, k_up, mq, bt2, gram, q.stride(0), q.stride(1), k_up.stride(0),
                                     k_up.stride(1), H, **meta)
-        key = (q.device, r_k.dtype, dh, r, heads, chunk, block_t, num_warps, num_stages, norm, rope_theta is None)
-        while True:  # the widest chunk whose pipelined tiles fit in shared memory (known once per shape)
-            chunk, consts["num_stages"] = FITTED.get(key, (chunk, consts["num_stages"]))
-            try:
-                _split_folded_kernel[grid](
-                    q, k_shared, v_shared, r_k, r_v, mq, bt2, gram, lengths, inv_freq, cos_off, sin_off, m, l,
-                    acc_s, acc_r, *common, split_len, n_splits, H, dh ** -0.5 * LOG2E, CHUNK=chunk,
-                    DOT_FP32=interpreted(_split_folded_kernel) and not wide, **consts)
-                FITTED.setdefault(key, (chunk, consts["num_stages"]))
-                break
-            except OutOfResources:
-                if chunk == 1 and consts["num_stages"] == 1:
-                    raise
-                FITTED[key] = (chunk // 2, consts["num_stages"]) if chunk > 1 else (1, consts["num_stages"] - 1)
+        _split_folded_kernel[grid](
+            q, k_shared, v_shared, r_k, r_v, mq, bt2, gram, lengths, inv_freq, cos_off, sin_off, m, l, acc_s,
+            acc_r, *common, split_len, n_splits, H, dh ** -0.5 * LOG2E,
+            DOT_FP32=interpreted(_split_folded_kernel) and not wide, **consts)
     else:
         _split_rebuilt_kernel[grid](
             q, k_shared, v_shared, r_k, r_v, k_up, lengths, inv_freq, cos_off, sin_off, m, l, acc_s, acc_r,

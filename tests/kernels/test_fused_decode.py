@@ -117,13 +117,3 @@ def test_unknown_method_names_the_argument():
     with pytest.raises(ValueError, match="method: expected 'folded' or 'rebuilt'"):
         decode(q, rows["k_shared"], rows["v_shared"], rows["r_k"], rows["r_v"], k_up, v_up, lengths,
                norm=True, rope_theta=THETA, method="fast")
-
-
-@pytest.mark.parametrize("chunk_width", [16, 32, 64])
-def test_folded_chunks_agree(chunk_width):
-    """The folded kernel takes a program's heads one, two or four at a time (ranks padded to 16 columns)."""
-    q, rows, k_up, v_up, lengths = compressed_cache(2, 40, 4, 32, 12, [40, 17], seed=5)
-    out = run(q, rows, k_up, v_up, lengths, True, THETA, method="folded", block_t=16, splits=2,
-              chunk_width=chunk_width)
-    torch.testing.assert_close(out.double(), reference(q, rows, k_up, v_up, lengths, True, THETA),
-                               rtol=1e-4, atol=1e-4)
