@@ -39,6 +39,39 @@ def _mma(a, b, acc, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
 
 
 @triton.jit
+def _softmax_values(s, m, l, acc1, acc2, VS, b, t, tile, offs_d, svs_b, svs_t,
+                    HALF: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
+    # One tile's online-softmax step over logits s (BLOCK_T, HEADS_P) and p·V_shared for every head of the
+    # group; returns p as (HEADS_P, BLOCK_T) rows in the cache's dtype, for the caller's p·R_v,h.
+    m_new = tl.maximum(m, tl.max(s, axis=0))
+    alpha = tl.exp2(m - m_new)
+    p = tl.exp2(s - m_new[None, :])
+    l = l * alpha + tl.sum(p, axis=0)
+    vs = VS + b * svs_b + t[:, None] * svs_t + offs_d[None, :]
+    v1 = tl.load(vs, mask=tile, other=0.0)
+    v2 = tl.load(vs + HALF, mask=tile, other=0.0)
+    pv = tl.trans(p).to(v1.dtype)
+    acc1 = _mma(pv, v1, acc1 * alpha[:, None], DOT_FP32, PRECISION)
+    acc2 = _mma(pv, v2, acc2 * alpha[:, None], DOT_FP32, PRECISION)
+    return pv, alpha, m_new, l, acc1, acc2
+
+
+@triton.jit
+def _store_partials(M, L, ACC_S, ACC_R, m, l, acc1, acc2, acc_r, b, n_heads, h0, split, n_splits, offs_h, h_ok,
+                    offs_d, d_ok, offs_r, r_ok, HALF: tl.constexpr, R: tl.constexpr):
+    # Partials of head h, split s of sequence b live at row (b·H + h)·n_splits + s.
+    row = (b * n_heads + h0 + offs_h) * n_splits + split
+    tl.store(M + row, m, mask=h_ok)
+    tl.store(L + row, l, mask=h_ok)
+    acc = ACC_S + row[:, None] * (2 * HALF) + offs_d[None, :]
+    hd_ok = h_ok[:, None] & d_ok[None, :]
+    tl.store(acc, acc1, mask=hd_ok)
+    tl.store(acc + HALF, acc2, mask=hd_ok)
+    if R > 0:
+        tl.store(ACC_R + row[:, None] * R + offs_r[None, :], acc_r, mask=h_ok[:, None] & r_ok[None, :])
+
+
+@triton.jit
 def _prepare_kernel(Q, KUP, MQ, BT2, GRAM, sq_b, sq_h, sup_h, sup_r, n_heads,
                     HALF: tl.constexpr, HALF_P: tl.constexpr, R: tl.constexpr, R_P: tl.constexpr):
     # M_h = [M_cos; M_sin] (d_h × r) with q_h folded into B_k,h, from q·R_t(x) for x = r B_k,h:
@@ -159,35 +192,17 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, MQ, BT2, GRAM, LENGTHS, INV_FREQ, CO
             s *= tl.rsqrt(sq / (2 * HALF) + EPSILON)
         s = tl.where(t_ok[:, None], s * qk_scale, float("-inf"))
 
-        m_new = tl.maximum(m, tl.max(s, axis=0))
-        alpha = tl.exp2(m - m_new)
-        p = tl.exp2(s - m_new[None, :])  # (BLOCK_T, HEADS_P)
-        m = m_new
-        l = l * alpha + tl.sum(p, axis=0)
-        pt = tl.trans(p)  # (HEADS_P, BLOCK_T)
-        vs = VS + b * svs_b + t[:, None] * svs_t + offs_d[None, :]
-        v1 = tl.load(vs, mask=tile, other=0.0)
-        v2 = tl.load(vs + HALF, mask=tile, other=0.0)
-        pv = pt.to(v1.dtype)
-        acc1 = _mma(pv, v1, acc1 * alpha[:, None], DOT_FP32, PRECISION)
-        acc2 = _mma(pv, v2, acc2 * alpha[:, None], DOT_FP32, PRECISION)
+        pv, alpha, m, l, acc1, acc2 = _softmax_values(s, m, l, acc1, acc2, VS, b, t, tile, offs_d, svs_b, svs_t,
+                                                      HALF, DOT_FP32, PRECISION)
         if R > 0:  # each head's row of p against its own R_v,h (the other rows are zero)
             acc_r = acc_r * alpha[:, None]
             for j in range(HEADS):
                 rv = tl.load(RV + b * srv_b + t[:, None] * srv_t + (h0 + j) * srv_h + offs_r[None, :],
                              mask=t_ok[:, None] & r_ok[None, :], other=0.0)
-                acc_r = _mma(tl.where(offs_h[:, None] == j, pt, 0.0).to(rv.dtype), rv, acc_r, DOT_FP32, PRECISION)
+                acc_r = _mma(tl.where(offs_h[:, None] == j, pv, 0.0), rv, acc_r, DOT_FP32, PRECISION)
 
-    # Partials of head h, split s of sequence b live at row (b·H + h)·n_splits + s.
-    row = (b * n_heads + h0 + offs_h) * n_splits + split
-    tl.store(M + row, m, mask=h_ok)
-    tl.store(L + row, l, mask=h_ok)
-    acc = ACC_S + row[:, None] * (2 * HALF) + offs_d[None, :]
-    hd_ok = h_ok[:, None] & d_ok[None, :]
-    tl.store(acc, acc1, mask=hd_ok)
-    tl.store(acc + HALF, acc2, mask=hd_ok)
-    if R > 0:
-        tl.store(ACC_R + row[:, None] * R + offs_r[None, :], acc_r, mask=h_ok[:, None] & r_ok[None, :])
+    _store_partials(M, L, ACC_S, ACC_R, m, l, acc1, acc2, acc_r, b, n_heads, h0, split, n_splits, offs_h, h_ok,
+                    offs_d, d_ok, offs_r, r_ok, HALF, R)
 
 
 @triton.jit
@@ -271,41 +286,18 @@ def _split_rebuilt_kernel(Q, KS, VS, RK, RV, KUP, LENGTHS, INV_FREQ, COS, SIN, M
             s = tl.where(t_ok, s * qk_scale, float("-inf"))
             s_all = tl.where(offs_h[None, :] == j, s[:, None], s_all)
 
-        m_new = tl.maximum(m, tl.max(s_all, axis=0))
-        alpha = tl.exp2(m - m_new)
-        p = tl.exp2(s_all - m_new[None, :])  # (BLOCK_T, HEADS_P)
-        m = m_new
-        l = l * alpha + tl.sum(p, axis=0)
-        pt = tl.trans(p)  # (HEADS_P, BLOCK_T)
-        vs = VS + b * svs_b + t[:, None] * svs_t + offs_d[None, :]
-        v1 = tl.load(vs, mask=tile, other=0.0)
-        v2 = tl.load(vs + HALF, mask=tile, other=0.0)
-        if DOT_FP32:
-            v1, v2 = v1.to(tl.float32), v2.to(tl.float32)
-        pv = pt.to(v1.dtype)
-        acc1 = tl.dot(pv, v1, acc=acc1 * alpha[:, None], input_precision=PRECISION)
-        acc2 = tl.dot(pv, v2, acc=acc2 * alpha[:, None], input_precision=PRECISION)
+        pv, alpha, m, l, acc1, acc2 = _softmax_values(s_all, m, l, acc1, acc2, VS, b, t, tile, offs_d, svs_b,
+                                                      svs_t, HALF, DOT_FP32, PRECISION)
         if R > 0:  # each head's row of p against its own R_v,h (the other rows are zero)
             acc_r = acc_r * alpha[:, None]
             for j in tl.static_range(HEADS):
                 h = h0 + j
                 rv = tl.load(RV + b * srv_b + t[:, None] * srv_t + h * srv_h + offs_r[None, :],
                              mask=t_ok[:, None] & r_ok[None, :], other=0.0)
-                if DOT_FP32:
-                    rv = rv.to(tl.float32)
-                acc_r = tl.dot(tl.where(offs_h[:, None] == j, pt, 0.0).to(rv.dtype), rv, acc=acc_r,
-                               input_precision=PRECISION)
+                acc_r = _mma(tl.where(offs_h[:, None] == j, pv, 0.0), rv, acc_r, DOT_FP32, PRECISION)
 
-    # Partials of head h, split s of sequence b live at row (b·H + h)·n_splits + s.
-    row = (b * n_heads + h0 + offs_h) * n_splits + split
-    tl.store(M + row, m, mask=h_ok)
-    tl.store(L + row, l, mask=h_ok)
-    acc = ACC_S + row[:, None] * (2 * HALF) + offs_d[None, :]
-    hd_ok = h_ok[:, None] & d_ok[None, :]
-    tl.store(acc, acc1, mask=hd_ok)
-    tl.store(acc + HALF, acc2, mask=hd_ok)
-    if R > 0:
-        tl.store(ACC_R + row[:, None] * R + offs_r[None, :], acc_r, mask=h_ok[:, None] & r_ok[None, :])
+    _store_partials(M, L, ACC_S, ACC_R, m, l, acc1, acc2, acc_r, b, n_heads, h0, split, n_splits, offs_h, h_ok,
+                    offs_d, d_ok, offs_r, r_ok, HALF, R)
 
 
 @triton.jit
