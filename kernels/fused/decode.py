@@ -33,6 +33,7 @@ LOG2E = 1.4426950408889634
 
 @triton.jit
 def _mma(a, b, acc, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
+    # acc + a @ b; the interpreter multiplies raw bf16 bit patterns, so it gets fp32 operands (DOT_FP32)
     if DOT_FP32:
         a, b = a.to(tl.float32), b.to(tl.float32)
     return tl.dot(a, b, acc=acc, input_precision=PRECISION)
@@ -103,12 +104,12 @@ def _prepare_kernel(Q, KUP, MQ, BT2, GRAM, sq_b, sq_h, sup_h, sup_r, n_heads,
 
 @triton.jit
 def _split_folded_kernel(Q, KS, VS, RK, RV, MQ, BT2, GRAM, LENGTHS, INV_FREQ, COS, SIN, M, L, ACC_S, ACC_R,
-                  sq_b, sq_h, sks_b, sks_t, svs_b, svs_t, srk_b, srk_t, srk_h, srv_b, srv_t, srv_h,
-                  split_len, n_splits, n_heads, qk_scale,
-                  HEADS: tl.constexpr, HEADS_P: tl.constexpr,
-                  HALF: tl.constexpr, HALF_P: tl.constexpr, R: tl.constexpr, R_P: tl.constexpr,
-                  BLOCK_T: tl.constexpr, NORM: tl.constexpr, ROPE: tl.constexpr,
-                  DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, EPSILON: tl.constexpr):
+                         sq_b, sq_h, sks_b, sks_t, svs_b, svs_t, srk_b, srk_t, srk_h, srv_b, srv_t, srv_h,
+                         split_len, n_splits, n_heads, qk_scale,
+                         HEADS: tl.constexpr, HEADS_P: tl.constexpr,
+                         HALF: tl.constexpr, HALF_P: tl.constexpr, R: tl.constexpr, R_P: tl.constexpr,
+                         BLOCK_T: tl.constexpr, NORM: tl.constexpr, ROPE: tl.constexpr,
+                         DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, EPSILON: tl.constexpr):
     # One program streams a chunk of one sequence for a group of HEADS heads. Per-head tensors are
     # (BLOCK_T, HEADS_P) with one column per head, or (HEADS_P, ·) with one row per head.
     g, split, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
