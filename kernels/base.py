@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from .cache import DecodeCache
-from .ops import rms_norm
+from .ops import rms_norm, seeded
 from .spec import AttentionSpec
 
 
@@ -24,11 +24,13 @@ class Attention(nn.Module, abc.ABC):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Input projections ~ N(0, 1/fan_in); per-head up-projections ~ N(0, 1/r_or_dc)."""
+        """Input projections ~ N(0, 1/fan_in); per-head up-projections ~ N(0, 1/r_or_dc); each drawn from
+        its own name's seed, so a projection two variants share starts the same in both."""
         with torch.no_grad():
             for name, p in self.named_parameters(recurse=False):
                 fan_in = p.shape[-1] if p.dim() == 2 else p.shape[-2]
-                p.normal_(0.0, max(fan_in, 1) ** -0.5)
+                with seeded(name):
+                    p.normal_(0.0, max(fan_in, 1) ** -0.5)
 
     @abc.abstractmethod
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,10 +1,27 @@
-"""Small shared maths: parameter-free RMSNorm and rotary position embedding (half-split layout)."""
+"""Small shared pieces: parameter-free RMSNorm, rotary position embedding (half-split layout), and
+initialisation seeded by a parameter's name."""
 from __future__ import annotations
+
+import contextlib
+import zlib
 
 import torch
 import torch.nn.functional as F
 
 EPS = 1e-6
+
+
+@contextlib.contextmanager
+def seeded(name: str):
+    """Draw from a CPU generator seeded by (the current seed, name), leaving the outer stream untouched.
+
+    A parameter initialised inside starts the same in every model built under one seed, whatever other
+    parameters were drawn before it. Variants of one sweep then share their embeddings, MLPs and the
+    projections they have in common (common random numbers), so their losses differ by what the
+    variants change and not by a different random start."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(zlib.crc32(f"{torch.initial_seed()}/{name}".encode()))
+        yield
 
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 Pre-norm blocks with parameter-free RMSNorm, RoPE and QK-norm inside attention, a ReLU² MLP and an
 untied output head. Residual-branch output projections start at zero, so every variant starts from
-the same function (the identity residual stream) and differs only in what it learns.
+the same function (the identity residual stream) and differs only in what it learns; every other weight
+is drawn from a seed of its own name, so the weights variants share start equal too.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lrkv.kernels import AttentionSpec, ConfigError, build_attention
-from lrkv.kernels.ops import rms_norm
+from lrkv.kernels.ops import rms_norm, seeded
 
 
 @dataclass(frozen=True)
@@ -78,11 +79,17 @@ class GPT(nn.Module):
         self.embed = nn.Embedding(vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
+        # Each weight is drawn from its own name's seed (common random numbers across variants).
         with torch.no_grad():
-            nn.init.normal_(self.embed.weight)
-            nn.init.normal_(self.head.weight, std=cfg.d_model ** -0.5)
-            for block in self.blocks:
-                nn.init.normal_(block.mlp.fc.weight, std=cfg.d_model ** -0.5)
+            with seeded("embed"):
+                nn.init.normal_(self.embed.weight)
+            with seeded("head"):
+                nn.init.normal_(self.head.weight, std=cfg.d_model ** -0.5)
+            for i, block in enumerate(self.blocks):
+                with seeded(f"blocks.{i}.mlp.fc"):
+                    nn.init.normal_(block.mlp.fc.weight, std=cfg.d_model ** -0.5)
+                with seeded(f"blocks.{i}.attn"):
+                    block.attn.reset_parameters()
                 block.mlp.proj.weight.zero_()
                 block.attn.o.zero_()
 

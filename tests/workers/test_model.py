@@ -57,3 +57,22 @@ def test_head_diversity_of_mqa_rank0_and_lrkv():
     lrkv = GPT(ModelConfig(AttentionSpec("lrkv", 64, 4, rank=16), 1), 10).attention_layers()
     d_mqa, d_lrkv = head_diversity(mqa), head_diversity(lrkv)
     assert 0 < d_mqa["head_eff_rank_frac"] <= 1 and 0 < d_lrkv["head_eff_rank_frac"] <= 1
+
+
+def test_variants_share_the_weights_they_have_in_common():
+    """Under one seed, LRKV at two ranks and MHA start with equal embeddings, MLPs, head and query
+    projections (common random numbers), while a variant's own weights still differ from the others'."""
+    def build(**spec):
+        torch.manual_seed(7)
+        return dict(GPT(ModelConfig(AttentionSpec(d_model=64, n_heads=4, **spec), n_layers=2), 100).named_parameters())
+
+    lrkv4, lrkv6, mha = build(kind="lrkv", rank=4), build(kind="lrkv", rank=6), build(kind="mha")
+    shared = ["embed.weight", "head.weight", "blocks.1.mlp.fc.weight", "blocks.0.attn.q", "blocks.1.attn.q"]
+    for name in shared:
+        assert torch.equal(lrkv4[name], lrkv6[name]) and torch.equal(lrkv4[name], mha[name]), name
+    assert not torch.equal(lrkv4["blocks.0.attn.q"], lrkv4["blocks.1.attn.q"])  # each name its own draw
+    assert not torch.equal(lrkv4["blocks.0.attn.k_shared"], mha["blocks.0.attn.k"][:16])
+    torch.manual_seed(8)
+    other = dict(GPT(ModelConfig(AttentionSpec(d_model=64, n_heads=4, kind="lrkv", rank=4), n_layers=2), 100)
+                 .named_parameters())
+    assert not torch.equal(other["embed.weight"], lrkv4["embed.weight"])  # and the seed still matters
