@@ -7,6 +7,7 @@ time (a heartbeat in the study guards it).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -125,14 +126,21 @@ class SweepDriver:
         except optuna.exceptions.DuplicatedStudyError:
             raise SweepError("name", f"a sweep name not yet in {redact(stores.study_url)} "
                                      f"(resume it with `lrkv sweep resume {spec.name}`)", spec.name) from None
-        board = start_workers(spec, kw.get("address"))  # only now: a refused sweep starts no Ray
-        study.set_user_attr("spec", spec.model_dump(mode="json", exclude={"storage"}))  # no credentials in the study
-        study.set_user_attr("digest", spec.digest())
-        study.set_user_attr("vocab_size", vocab)
-        driver = cls(study, spec, stores, tracker=tracker or connect_tracker(stores, spec.name), board=board, **kw)
-        driver.claim()
-        study.set_user_attr("mlflow_parent_run_id", driver.tracker.start_parent(
-            spec.name, spec.model_dump(mode="json", exclude={"storage"}), spec.digest()))
+        try:
+            board = start_workers(spec, kw.get("address"))  # only now: a refused sweep starts no Ray
+            study.set_user_attr("spec", spec.model_dump(mode="json", exclude={"storage"}))  # no credentials in it
+            study.set_user_attr("digest", spec.digest())
+            study.set_user_attr("vocab_size", vocab)
+            driver = cls(study, spec, stores, tracker=tracker or connect_tracker(stores, spec.name), board=board, **kw)
+            driver.claim()
+            study.set_user_attr("mlflow_parent_run_id", driver.tracker.start_parent(
+                spec.name, spec.model_dump(mode="json", exclude={"storage"}), spec.digest()))
+        except BaseException:
+            # A sweep that could not start (its tracking store failed to open, say) leaves no study behind
+            # that `resume` would find without a parent run: the name is free again.
+            with contextlib.suppress(Exception):
+                optuna.delete_study(study_name=spec.name, storage=storage)
+            raise
         return driver
 
     @classmethod

@@ -56,6 +56,17 @@ def test_an_unreachable_tracking_server_is_refused_before_ray_or_the_study(tmp_p
     assert optuna.get_all_study_names(stores.optuna_storage()) == []
 
 
+def test_a_sweep_whose_tracking_store_fails_to_open_leaves_no_study(tmp_path, no_ray):
+    """A damaged local MLflow file passes the early check and fails once the name is claimed: the claim is
+    rolled back, so the name is free and no study is left without its parent run."""
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "ws" / "mlflow.db").write_bytes(b"not a database" * 100)
+    stores = Stores.resolve(tmp_path / "ws")
+    with pytest.raises(Exception):
+        SweepDriver.create(parse_spec(raw_spec(tmp_path)), stores)
+    assert optuna.get_all_study_names(stores.optuna_storage()) == []
+
+
 def test_a_taken_name_through_the_command_is_one_line(tmp_path):
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps(raw_spec(tmp_path)))  # JSON is YAML
