@@ -18,6 +18,7 @@ Writes benchmarks/results/decode-<card>.json and prints a table.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import platform
 import re
@@ -159,13 +160,15 @@ def with_defaults(cell: dict) -> dict:
     chosen = str(product_tiling(cell["B"], cell["T"], cell["r"]))
     cell.update(fused_ms=by_tiling.get(chosen), default_tiling=chosen, best_ms=by_tiling[best], best_tiling=best)
     for method in ("rebuilt", "folded"):
-        cell[f"{method}_ms"] = min((ms for t, ms in by_tiling.items() if t.startswith(f"('{method}'")), default=None)
+        cell[f"{method}_ms"] = min((ms for t, ms in by_tiling.items() if ast.literal_eval(t)[0] == method), default=None)
     return cell
 
 
+def ms(v: float | None) -> str:
+    return f"{v:.4f}" if v else "-"
+
+
 def print_table(env: dict, cells: list) -> None:
-    def ms(v):
-        return f"{v:.4f}" if v else "-"
     print(f"\n{env['card']} · torch {env['torch']} · triton {env['triton']} · H={env['heads']} d_h={env['head_dim']} "
           f"bf16 · copy {env['copy_bandwidth_bytes_per_s'] / 1e12:.3f} TB/s · times in ms")
     print(f"{'B':>3} {'T':>6} {'r':>4} {'floor':>8} {'fused':>8} {'÷floor':>7} {'rebuilt':>8} {'folded':>8} "
@@ -222,7 +225,7 @@ def main() -> None:
                 cell.update(mha_ms=mha, gqa4_ms=gqa, floor_ms=cell["cache_bytes"] / bandwidth * 1e3)
                 cells.append(cell)
                 write(out, env, cells)  # after every cell, so a run cut short keeps what it measured
-                print(f"B={B:>2} T={T:>5} r={r:>3}  fused {cell['fused_ms']} ms  floor {cell['floor_ms']:.4f}  "
+                print(f"B={B:>2} T={T:>5} r={r:>3}  fused {ms(cell['fused_ms'])} ms  floor {cell['floor_ms']:.4f}  "
                       f"mha {mha:.4f}  err {cell['max_rel_err']:.2e}  {cell['best_tiling']}", flush=True)
 
     write(out, env, cells)

@@ -40,6 +40,24 @@ def _mma(a, b, acc, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
 
 
 @triton.jit
+def _program_chunk(LENGTHS, split_len, HEADS: tl.constexpr):
+    # A split program's sequence, split, first head and token range [start, end) (empty past the length).
+    g, split, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    start = split * split_len
+    end = tl.minimum(start + split_len, tl.load(LENGTHS + b).to(tl.int32))
+    return b, split, g * HEADS, start, end
+
+
+@triton.jit
+def _rope_rows(INV_FREQ, COS, SIN, offs_t, offs_d, d_ok, HALF: tl.constexpr):
+    # RoPE frequencies and the cos/sin of a tile's row offsets (the tile's own angle is added per tile)
+    inv_freq = tl.load(INV_FREQ + offs_d, mask=d_ok, other=0.0)
+    table = offs_t[:, None] * HALF + offs_d[None, :]
+    return (inv_freq, tl.load(COS + table, mask=d_ok[None, :], other=0.0),
+            tl.load(SIN + table, mask=d_ok[None, :], other=0.0))
+
+
+@triton.jit
 def _softmax_values(s, m, l, acc1, acc2, VS, b, t, tile, offs_d, svs_b, svs_t,
                     HALF: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
     # One tile's online-softmax step over logits s (BLOCK_T, HEADS_P) and p·V_shared for every head of the
@@ -112,11 +130,7 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, MQ, BT2, GRAM, LENGTHS, INV_FREQ, CO
                          DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, EPSILON: tl.constexpr):
     # One program streams a chunk of one sequence for a group of HEADS heads. Per-head tensors are
     # (BLOCK_T, HEADS_P) with one column per head, or (HEADS_P, ·) with one row per head.
-    g, split, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    h0 = g * HEADS
-    length = tl.load(LENGTHS + b).to(tl.int32)
-    start = split * split_len
-    end = tl.minimum(start + split_len, length)
+    b, split, h0, start, end = _program_chunk(LENGTHS, split_len, HEADS)
     op = MQ.dtype.element_ty  # fp16 beside a 16-bit cache: RoPE terms in [-1, 1] keep 11 bits
 
     offs_t = tl.arange(0, BLOCK_T)
@@ -131,10 +145,7 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, MQ, BT2, GRAM, LENGTHS, INV_FREQ, CO
     q1 = tl.load(q, mask=d_ok[:, None] & h_ok[None, :], other=0.0).to(op)
     q2 = tl.load(q + HALF, mask=d_ok[:, None] & h_ok[None, :], other=0.0).to(op)
     if ROPE:  # cos/sin of a tile's rows by angle addition: the tile's own angle plus cached row offsets
-        inv_freq = tl.load(INV_FREQ + offs_d, mask=d_ok, other=0.0)
-        table = offs_t[:, None] * HALF + offs_d[None, :]
-        cos_off = tl.load(COS + table, mask=d_ok[None, :], other=0.0)
-        sin_off = tl.load(SIN + table, mask=d_ok[None, :], other=0.0)
+        inv_freq, cos_off, sin_off = _rope_rows(INV_FREQ, COS, SIN, offs_t, offs_d, d_ok, HALF)
     else:  # no rotation: cos 1 and sin 0, so [cos | sin] M_h sums M_cos's rows
         cos_t = tl.zeros((BLOCK_T, HALF_P), tl.float32) + 1.0
 
@@ -217,11 +228,7 @@ def _split_rebuilt_kernel(Q, KS, VS, RK, RV, KUP, LENGTHS, INV_FREQ, COS, SIN, M
     # The key tile is rebuilt per head (R_k tile @ B_k,h on the tensor cores, plus K_shared); RoPE
     # enters as a query rotated per row and the norm as a logit scale: O(d_h) elementwise work per
     # (token, head). The HEADS heads of a group are unrolled and share the K_shared/V_shared tiles.
-    g, split, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    h0 = g * HEADS
-    length = tl.load(LENGTHS + b).to(tl.int32)
-    start = split * split_len
-    end = tl.minimum(start + split_len, length)
+    b, split, h0, start, end = _program_chunk(LENGTHS, split_len, HEADS)
 
     offs_t = tl.arange(0, BLOCK_T)
     offs_d = tl.arange(0, HALF_P)
@@ -232,10 +239,7 @@ def _split_rebuilt_kernel(Q, KS, VS, RK, RV, KUP, LENGTHS, INV_FREQ, COS, SIN, M
     h_ok = offs_h < HEADS  # the host picks HEADS dividing the head count
 
     if ROPE:  # rotations by a tile's row offsets; the tile's own angle is added per tile (angle addition)
-        inv_freq = tl.load(INV_FREQ + offs_d, mask=d_ok, other=0.0)
-        table = offs_t[:, None] * HALF + offs_d[None, :]
-        cos_off = tl.load(COS + table, mask=d_ok[None, :], other=0.0)
-        sin_off = tl.load(SIN + table, mask=d_ok[None, :], other=0.0)
+        inv_freq, cos_off, sin_off = _rope_rows(INV_FREQ, COS, SIN, offs_t, offs_d, d_ok, HALF)
 
     # Online-softmax state per head of the group (rows of padding heads stay finite and unused).
     m = tl.where(h_ok, float("-inf"), 0.0)
