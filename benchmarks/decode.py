@@ -182,8 +182,10 @@ def print_table(env: dict, cells: list) -> None:
               f"{c['best_tiling']}")
 
 
-def write(path: Path, env: dict, cells: list) -> None:
-    path.write_text(json.dumps({"env": env, "cells": cells}, indent=1) + "\n")
+def write(paths: list[Path], env: dict, cells: list) -> None:
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"env": env, "cells": cells}, indent=1, default=str) + "\n")
 
 
 def main() -> None:
@@ -196,6 +198,9 @@ def main() -> None:
     parser.add_argument("--no-plain", action="store_true", help="skip the plain-PyTorch LRKV baseline")
     parser.add_argument("--tag", default="", help="suffix of the result file name")
     parser.add_argument("--report", type=Path, help="reprint a results file's table with the current defaults")
+    parser.add_argument("--candidates", choices=["all", "defaults"], default="all",
+                        help="time every candidate tiling, or only the product's defaults (TILINGS)")
+    parser.add_argument("--out-dir", type=Path, help="also write the JSON result here (after every cell)")
     args = parser.parse_args()
     if args.report:
         result = json.loads(args.report.read_text())
@@ -214,6 +219,9 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     tag = f"-{args.tag}" if args.tag else ""
     out = RESULTS / f"decode-{re.sub(r'[^A-Za-z0-9]+', '_', card)}{tag}.json"
+    paths = [out] + ([args.out_dir / out.name] if args.out_dir else [])
+    candidates = (CANDIDATES if args.candidates == "all"
+                  else [(key.split("-")[0], *tiling) for key, tiling in TILINGS.items()])
 
     cells = []
     for B in args.batch:
@@ -221,14 +229,14 @@ def main() -> None:
             mha = time_sdpa(B, T, H, H, dh, device, gen)
             gqa = time_sdpa(B, T, H, 4, dh, device, gen)
             for r in args.ranks:
-                cell = time_lrkv(B, T, H, dh, r, device, gen, CANDIDATES, plain=not args.no_plain)
+                cell = time_lrkv(B, T, H, dh, r, device, gen, candidates, plain=not args.no_plain)
                 cell.update(mha_ms=mha, gqa4_ms=gqa, floor_ms=cell["cache_bytes"] / bandwidth * 1e3)
                 cells.append(cell)
-                write(out, env, cells)  # after every cell, so a run cut short keeps what it measured
+                write(paths, env, cells)  # after every cell, so a run cut short keeps what it measured
                 print(f"B={B:>2} T={T:>5} r={r:>3}  fused {ms(cell['fused_ms'])} ms  floor {cell['floor_ms']:.4f}  "
                       f"mha {mha:.4f}  err {cell['max_rel_err']:.2e}  {cell['best_tiling']}", flush=True)
 
-    write(out, env, cells)
+    write(paths, env, cells)
     print_table(env, cells)
     print(f"written: {out}")
 

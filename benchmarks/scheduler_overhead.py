@@ -19,11 +19,14 @@ Writes benchmarks/results/scheduler_overhead-{cpu,gpu-<card>}.json (after each p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import re
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -264,7 +267,39 @@ def gpu_spec(args, k: int, steps: int, gpus: float, cache: Path, name: str) -> d
     }
 
 
+@contextlib.contextmanager
+def mps(enabled: bool):
+    """A CUDA MPS control daemon for the duration (started before this process or Ray touches CUDA, so
+    every trial process is its client): kernels of processes sharing the card run side by side instead
+    of taking turns. Yields the daemon's server list as seen at the end (empty: no client used it)."""
+    if not enabled:
+        yield None
+        return
+    control = shutil.which("nvidia-cuda-mps-control")
+    if control is None:
+        raise SystemExit("--mps: nvidia-cuda-mps-control is not on PATH")
+    folders = {name: tempfile.mkdtemp(prefix=f"lrkv-mps-{name}-") for name in ("pipe", "log")}
+    os.environ.update(CUDA_MPS_PIPE_DIRECTORY=folders["pipe"], CUDA_MPS_LOG_DIRECTORY=folders["log"])
+    subprocess.run([control, "-d"], check=True)
+    servers: list[str] = []
+    try:
+        yield servers
+    finally:
+        ask = lambda command: subprocess.run([control], input=command + "\n", capture_output=True, text=True).stdout
+        servers.extend(ask("get_server_list").split())
+        ask("quit")
+
+
 def run_gpu(args) -> None:
+    with mps(args.mps) as servers:
+        out = _run_gpu(args)
+    if args.mps:
+        out["env"]["mps_servers"] = servers
+        print(f"MPS servers used: {servers or 'none'}")
+        write(out["name"], out, args.out_dir)
+
+
+def _run_gpu(args) -> dict:
     t_script = time.perf_counter()
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     cuda = torch.cuda.is_available()
@@ -278,7 +313,8 @@ def run_gpu(args) -> None:
     tokens_per_step = args.batch_size * args.seq_len
     out = {"env": environment(card) | {"started": started, "args": vars(args), "gpus_per_trial_base": base},
            "ray_init_s": ray_init_s, "rows": [], "skipped": []}
-    name = f"scheduler_overhead-gpu-{re.sub(r'[^A-Za-z0-9]+', '_', card)}.json"
+    name = f"scheduler_overhead-gpu-{re.sub(r'[^A-Za-z0-9]+', '_', card)}{'-mps' if args.mps else ''}.json"
+    out["name"] = name
     with tempfile.TemporaryDirectory(prefix="lrkv-packing-") as tmp:
         tmp = Path(tmp)
         cache = tmp / "cache"
@@ -337,6 +373,7 @@ def run_gpu(args) -> None:
     out["script_s"] = time.perf_counter() - t_script
     print("\n" + out["table"])
     write(name, out, args.out_dir)
+    return out
 
 
 def report_failures(res: dict) -> None:
@@ -350,7 +387,8 @@ def gpu_table(out: dict, args, card: str) -> str:
     one = next((r for r in rows if r["k"] == 1), None)
     lines = [f"{card} · torch {torch.__version__} · Ray {ray.__version__} · {args.d_model}x{args.layers}x{args.heads} "
              f"LRKV r={args.rank} · batch {args.batch_size}×{args.seq_len} · {out.get('steps')} steps/trial · "
-             f"{args.cpus_per_trial} CPUs/trial · warm-up {out.get('warmup_trials')} trial(s)",
+             f"{args.cpus_per_trial} CPUs/trial · warm-up {out.get('warmup_trials')} trial(s)"
+             f"{' · CUDA MPS' if args.mps else ''}",
              f"{'k':>2} {'GPU/trial':>9} {'Σ steady tok/s':>15} {'×k=1':>6} {'tokens/wall':>12} {'×k=1':>6} "
              f"{'run() s':>8} {'per-trial tok/s (mean)':>22} {'warm-up s':>9} {'peak GiB':>8} {'util %':>6}"]
     for r in rows:
@@ -413,6 +451,7 @@ def main() -> None:
     g.add_argument("--max-steps", type=int, default=3000)
     g.add_argument("--deadline-s", type=float, default=330.0, help="start no further k after this many seconds")
     g.add_argument("--worker-logs", action="store_true", help="show Ray workers' output")
+    g.add_argument("--mps", action="store_true", help="share the card through CUDA MPS (a daemon started here)")
     args = p.parse_args()
     if args.cpu:
         args.steps = args.steps or 160

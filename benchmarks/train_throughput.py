@@ -4,10 +4,12 @@ Each configuration runs `lrkv.workers.train.train` (bf16 autocast, torch.compile
 embedded corpus; tokens/s leaves out the first steps (compilation). All rows come from one process
 on one card, so the ratios compare like with like.
 
-    python benchmarks/train_throughput.py --sizes 768x12x6 --kinds mha lrkv64 lrkv64-unfused --steps 40
+    python benchmarks/train_throughput.py --sizes 768x12x6 --kinds mha lrkv64 lrkv64-composed --steps 40
 
-`lrkv64` builds keys and values with the fused Triton op; `lrkv64-unfused` with the plain composition
-(einsum, norm, RoPE), which torch.compile fuses as it can.
+`lrkv64` takes the layer's own training path; a suffix forces one (`kernels.lrkv.TRAINING_PATHS`):
+`-factored` projects to the cached rows and rebuilds keys/values (einsum, norm, RoPE, which
+torch.compile fuses as it can), `-fused` rebuilds them in the Triton op, `-composed` forms each head's
+full K/V weights once per step and runs MHA's projection. `--compile off` times eager CUDA.
 
 Writes benchmarks/results/train_throughput-<card>.json and prints a table.
 """
@@ -30,8 +32,8 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def attention_for(kind: str, d_model: int, n_heads: int) -> dict:
-    """'mha', 'mqa', 'gqa4', 'mla', 'lrkv64', 'lrkv64-unfused' -> an attention mapping."""
-    name, number = re.fullmatch(r"([a-z]+)(\d*)(?:-unfused)?", kind).groups()
+    """'mha', 'mqa', 'gqa4', 'mla', 'lrkv64', 'lrkv64-composed' -> an attention mapping."""
+    name, number = re.fullmatch(r"([a-z]+)(\d*)(?:-[a-z]+)?", kind).groups()
     attention = {"kind": name, "d_model": d_model, "n_heads": n_heads}
     if name == "lrkv":
         attention["rank"] = int(number)
@@ -48,7 +50,13 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--optimizer", default="adamw")
+    parser.add_argument("--compile", choices=["on", "off"], default="on")
+    parser.add_argument("--out-dir", type=Path, help="also write the JSON result here (after every row)")
     args = parser.parse_args()
+    card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    env = {"card": card, "torch": torch.__version__, "python": platform.python_version(),
+           "triton": _version("triton"), "date": time.strftime("%Y-%m-%d"), "args": vars(args)}
+    name = f"train_throughput-{re.sub(r'[^A-Za-z0-9]+', '_', card)}.json"
 
     rows = []
     for size in args.sizes:
@@ -58,32 +66,40 @@ def main() -> None:
                 "model": {"n_layers": n_layers, "attention": attention_for(kind, d_model, n_heads)},
                 "data": {"source": "stdlib", "seq_len": args.seq_len},
                 "train": {"tokens": args.steps * args.batch_size * args.seq_len, "batch_size": args.batch_size,
-                          "optimizer": args.optimizer, "eval_every": args.steps, "eval_blocks": 16},
+                          "optimizer": args.optimizer, "eval_every": args.steps, "eval_blocks": 16,
+                          "compile": args.compile},
             })
-            lrkv_module.FUSED_TRAINING = not kind.endswith("-unfused")
+            path = kind.partition("-")[2] or None
+            if path is not None and path not in lrkv_module.TRAINING_PATHS:
+                raise SystemExit(f"--kinds: {kind!r}: expected a suffix in {lrkv_module.TRAINING_PATHS}")
+            lrkv_module.TRAINING_PATH = path
             record = train(trial)
             rows.append({"size": size, "kind": kind, **{k: record[k] for k in (
                 "tokens_per_s", "mfu", "peak_memory_bytes", "flops_per_token", "params",
                 "kv_cache_bytes_per_token", "val_bpb", "steps", "device")}})
             print(f"{size:>10} {kind:>14} {record['tokens_per_s']:>12,.0f} tok/s  mfu {record['mfu'] or 0:.3f}", flush=True)
+            write(name, env, rows, args)  # after every row, so a run cut short keeps what it measured
 
     base = {r["size"]: r["tokens_per_s"] for r in rows if r["kind"] == args.kinds[0]}
     for r in rows:
         r["ratio_vs_" + args.kinds[0]] = r["tokens_per_s"] / base[r["size"]] if r["size"] in base else None
-    card = rows[0]["device"] if rows else "none"
-    env = {"card": card, "torch": torch.__version__, "python": platform.python_version(),
-           "triton": _version("triton"), "date": time.strftime("%Y-%m-%d"), "args": vars(args)}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"train_throughput-{re.sub(r'[^A-Za-z0-9]+', '_', card)}.json"
-    out.write_text(json.dumps({"env": env, "rows": rows}, indent=1) + "\n")
+    out = write(name, env, rows, args)
 
-    print(f"\n{card} · torch {env['torch']} · batch {args.batch_size}×{args.seq_len} · bf16 · compiled · {args.optimizer}")
+    mode = "compiled" if args.compile == "on" else "eager"
+    print(f"\n{card} · torch {env['torch']} · batch {args.batch_size}×{args.seq_len} · bf16 · {mode} · {args.optimizer}")
     print(f"{'size':>10} {'kind':>14} {'tokens/s':>12} {'vs ' + args.kinds[0]:>8} {'MFU':>6} {'peak GiB':>9} {'KV B/tok':>9}")
     for r in rows:
         ratio = r["ratio_vs_" + args.kinds[0]]
         print(f"{r['size']:>10} {r['kind']:>14} {r['tokens_per_s']:>12,.0f} {ratio:>8.3f} {r['mfu'] or 0:>6.3f} "
               f"{r['peak_memory_bytes'] / 2**30:>9.2f} {r['kv_cache_bytes_per_token']:>9,}")
     print(f"written: {out}")
+
+
+def write(name: str, env: dict, rows: list, args) -> Path:
+    for folder in {RESULTS, *([args.out_dir] if args.out_dir else [])}:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(json.dumps({"env": env, "rows": rows}, indent=1, default=str) + "\n")
+    return RESULTS / name
 
 
 def _version(name: str) -> str | None:

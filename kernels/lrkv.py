@@ -15,7 +15,12 @@ from .ops import rms_norm, rope
 from .spec import AttentionSpec
 
 RESIDUAL_SCALE = 0.1  # ‖U_h B_hᵀ‖_F at init, relative to ‖W_shared‖_F (the paper's recipe)
-FUSED_TRAINING = True  # eager CUDA builds keys/values with the fused Triton op (benchmarks switch it off to compare)
+# How a training forward builds per-head keys and values (None: `training_path` picks; tests and
+# benchmarks force one): "factored" projects to the cached rows and rebuilds (fewest FLOPs, the CPU path);
+# "fused" does the rebuild in the Triton op (eager CUDA); "composed" forms W_shared + U_h B_hᵀ once per
+# forward and runs MHA's full-width projection (one weight-sized product per step, none per token).
+TRAINING_PATH: str | None = None
+TRAINING_PATHS = ("factored", "fused", "composed")
 
 
 def reconstruct(shared: torch.Tensor, latent: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -95,28 +100,47 @@ class LowRankKVAttention(Attention):
                 "r_k": r_k.unflatten(-1, (H, r)), "r_v": r_v.unflatten(-1, (H, r))}
         return (rms_norm(q) if self.spec.qk_norm else q), rows
 
+    def composed_weight(self, which: str) -> torch.Tensor:
+        """Head h's full projection W_shared + B_hᵀ U_h for "k" or "v", as (H, dh, d_model)."""
+        U = getattr(self, f"{which}_down").view(self.H, self.spec.rank, self.spec.d_model)
+        return getattr(self, f"{which}_shared") + torch.einsum("hrd,hrm->hdm", getattr(self, f"{which}_up"), U)
+
     def bilinear_factors(self):
-        U = self.k_down.view(self.H, self.spec.rank, self.spec.d_model)
-        w_k = self.k_shared + torch.einsum("hrd,hrm->hdm", self.k_up, U)  # W_shared + B_hᵀ U_h
-        return self.q.view(self.H, self.dh, -1), w_k
+        return self.q.view(self.H, self.dh, -1), self.composed_weight("k")
+
+    def training_path(self, x: torch.Tensor) -> str:
+        if TRAINING_PATH is not None:
+            return TRAINING_PATH
+        if not x.is_cuda:
+            return "factored"
+        # Eager CUDA: one Triton pass per K and V. Under torch.compile the plain composition beats the
+        # Triton op: Inductor fuses it into the neighbouring kernels (benchmarks/NOTES.md).
+        return "factored" if torch.compiler.is_compiling() else "fused"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.spec
         positions = torch.arange(x.size(1), device=x.device)
-        q, rows = self._project(x)
-        # Eager CUDA: one Triton pass per K and V, no (B, T, H, dh) intermediates kept. Under torch.compile
-        # the plain composition wins: Inductor fuses it into the neighbouring kernels (benchmarks/NOTES.md).
-        if x.is_cuda and FUSED_TRAINING and not torch.compiler.is_compiling():
-            from .fused.reconstruct import reconstruct as fused
-            dtype = rows["r_k"].dtype
-            k = fused(rows["k_shared"], rows["r_k"], self.k_up.to(dtype), norm=s.qk_norm, rope_theta=s.rope_theta)
-            v = fused(rows["v_shared"], rows["r_v"], self.v_up.to(dtype), norm=False, rope_theta=None)
-        else:
-            k = reconstruct(rows["k_shared"], rows["r_k"], self.k_up)
-            v = reconstruct(rows["v_shared"], rows["r_v"], self.v_up)
+        path = self.training_path(x)
+        if path == "composed":
+            w = [self.composed_weight(which).flatten(0, 1) for which in ("k", "v")]
+            q, k, v = (t.unflatten(-1, (self.H, self.dh)) for t in self.project_in(x, "q", *w))
             if s.qk_norm:
-                k = rms_norm(k)
+                q, k = rms_norm(q), rms_norm(k)
             k = rope(k, positions, s.rope_theta)
+        else:
+            q, rows = self._project(x)
+            if path == "fused":  # no (B, T, H, dh) intermediates kept for the backward
+                from .fused.reconstruct import reconstruct as fused
+                dtype = rows["r_k"].dtype
+                k = fused(rows["k_shared"], rows["r_k"], self.k_up.to(dtype), norm=s.qk_norm,
+                          rope_theta=s.rope_theta)
+                v = fused(rows["v_shared"], rows["r_v"], self.v_up.to(dtype), norm=False, rope_theta=None)
+            else:
+                k = reconstruct(rows["k_shared"], rows["r_k"], self.k_up)
+                v = reconstruct(rows["v_shared"], rows["r_v"], self.v_up)
+                if s.qk_norm:
+                    k = rms_norm(k)
+                k = rope(k, positions, s.rope_theta)
         q = rope(q, positions, s.rope_theta)
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
         return self.project_out(out.transpose(1, 2))
