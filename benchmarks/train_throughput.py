@@ -4,12 +4,11 @@ Each configuration runs `lrkv.workers.train.train` (bf16 autocast, torch.compile
 embedded corpus; tokens/s leaves out the first steps (compilation). All rows come from one process
 on one card, so the ratios compare like with like.
 
-    python benchmarks/train_throughput.py --sizes 768x12x6 --kinds mha lrkv64 lrkv64-composed --steps 40
+    python benchmarks/train_throughput.py --sizes 768x12x6 --kinds mha lrkv64 lrkv64-fused --steps 40
 
 `lrkv64` takes the layer's own training path; a suffix forces one (`kernels.lrkv.TRAINING_PATHS`):
-`-factored` projects to the cached rows and rebuilds keys/values (einsum, norm, RoPE, which
-torch.compile fuses as it can), `-fused` rebuilds them in the Triton op, `-composed` forms each head's
-full K/V weights once per step and runs MHA's projection. `--compile off` times eager CUDA.
+`-factored` rebuilds keys/values with the plain composition (einsum, norm, RoPE, which torch.compile
+fuses as it can), `-fused` with the Triton op. `--compile off` times eager CUDA.
 
 Writes benchmarks/results/train_throughput-<card>.json and prints a table.
 """
@@ -32,7 +31,7 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def attention_for(kind: str, d_model: int, n_heads: int) -> dict:
-    """'mha', 'mqa', 'gqa4', 'mla', 'lrkv64', 'lrkv64-composed' -> an attention mapping."""
+    """'mha', 'mqa', 'gqa4', 'mla', 'lrkv64', 'lrkv64-fused' -> an attention mapping."""
     name, number = re.fullmatch(r"([a-z]+)(\d*)(?:-[a-z]+)?", kind).groups()
     attention = {"kind": name, "d_model": d_model, "n_heads": n_heads}
     if name == "lrkv":

@@ -58,10 +58,10 @@ class Attention(nn.Module, abc.ABC):
         ref = self.o
         return self.cache_type.allocate(self.spec, batch, max_len, dtype or ref.dtype, device or ref.device, fill)
 
-    def project_in(self, x: torch.Tensor, *weights: str | torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """x @ Wᵀ for each weight (a parameter's name, or a tensor), as one GEMM over the stacked weights:
-        x is read once and the narrow outputs (LRKV's shared rows and latents) ride in one wide product."""
-        weights = [getattr(self, w) if isinstance(w, str) else w for w in weights]
+    def project_in(self, x: torch.Tensor, *names: str) -> tuple[torch.Tensor, ...]:
+        """x @ W_nameᵀ for each named weight, as one GEMM over the stacked weights: x is read once and the
+        narrow outputs (LRKV's shared rows and latents) ride in one wide product."""
+        weights = [getattr(self, name) for name in names]
         return (x @ torch.cat(weights).t()).split([w.size(0) for w in weights], dim=-1)
 
     def project_out(self, heads: torch.Tensor) -> torch.Tensor:

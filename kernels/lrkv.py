@@ -15,12 +15,11 @@ from .ops import rms_norm, rope
 from .spec import AttentionSpec
 
 RESIDUAL_SCALE = 0.1  # ‖U_h B_hᵀ‖_F at init, relative to ‖W_shared‖_F (the paper's recipe)
-# How a training forward builds per-head keys and values (None: `training_path` picks; tests and
-# benchmarks force one): "factored" projects to the cached rows and rebuilds (fewest FLOPs, the CPU path);
-# "fused" does the rebuild in the Triton op (eager CUDA); "composed" forms W_shared + U_h B_hᵀ once per
-# forward and runs MHA's full-width projection (one weight-sized product per step, none per token).
+# How a training forward rebuilds per-head keys and values from the cached rows (None: `training_path`
+# picks; tests and benchmarks force one): "factored", the plain composition (einsum, norm, RoPE), or
+# "fused", the Triton op.
 TRAINING_PATH: str | None = None
-TRAINING_PATHS = ("factored", "fused", "composed")
+TRAINING_PATHS = ("factored", "fused")
 
 
 def reconstruct(shared: torch.Tensor, latent: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -100,13 +99,10 @@ class LowRankKVAttention(Attention):
                 "r_k": r_k.unflatten(-1, (H, r)), "r_v": r_v.unflatten(-1, (H, r))}
         return (rms_norm(q) if self.spec.qk_norm else q), rows
 
-    def composed_weight(self, which: str) -> torch.Tensor:
-        """Head h's full projection W_shared + B_hᵀ U_h for "k" or "v", as (H, dh, d_model)."""
-        U = getattr(self, f"{which}_down").view(self.H, self.spec.rank, self.spec.d_model)
-        return getattr(self, f"{which}_shared") + torch.einsum("hrd,hrm->hdm", getattr(self, f"{which}_up"), U)
-
     def bilinear_factors(self):
-        return self.q.view(self.H, self.dh, -1), self.composed_weight("k")
+        U = self.k_down.view(self.H, self.spec.rank, self.spec.d_model)
+        w_k = self.k_shared + torch.einsum("hrd,hrm->hdm", self.k_up, U)  # W_shared + B_hᵀ U_h
+        return self.q.view(self.H, self.dh, -1), w_k
 
     def training_path(self, x: torch.Tensor) -> str:
         if TRAINING_PATH is not None:
@@ -120,27 +116,18 @@ class LowRankKVAttention(Attention):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.spec
         positions = torch.arange(x.size(1), device=x.device)
-        path = self.training_path(x)
-        if path == "composed":
-            w = [self.composed_weight(which).flatten(0, 1) for which in ("k", "v")]
-            q, k, v = (t.unflatten(-1, (self.H, self.dh)) for t in self.project_in(x, "q", *w))
-            if s.qk_norm:
-                q, k = rms_norm(q), rms_norm(k)
-            k = rope(k, positions, s.rope_theta)
+        q, rows = self._project(x)
+        if self.training_path(x) == "fused":  # no (B, T, H, dh) intermediates kept for the backward
+            from .fused.reconstruct import reconstruct as fused
+            dtype = rows["r_k"].dtype
+            k = fused(rows["k_shared"], rows["r_k"], self.k_up.to(dtype), norm=s.qk_norm, rope_theta=s.rope_theta)
+            v = fused(rows["v_shared"], rows["r_v"], self.v_up.to(dtype), norm=False, rope_theta=None)
         else:
-            q, rows = self._project(x)
-            if path == "fused":  # no (B, T, H, dh) intermediates kept for the backward
-                from .fused.reconstruct import reconstruct as fused
-                dtype = rows["r_k"].dtype
-                k = fused(rows["k_shared"], rows["r_k"], self.k_up.to(dtype), norm=s.qk_norm,
-                          rope_theta=s.rope_theta)
-                v = fused(rows["v_shared"], rows["r_v"], self.v_up.to(dtype), norm=False, rope_theta=None)
-            else:
-                k = reconstruct(rows["k_shared"], rows["r_k"], self.k_up)
-                v = reconstruct(rows["v_shared"], rows["r_v"], self.v_up)
-                if s.qk_norm:
-                    k = rms_norm(k)
-                k = rope(k, positions, s.rope_theta)
+            k = reconstruct(rows["k_shared"], rows["r_k"], self.k_up)
+            v = reconstruct(rows["v_shared"], rows["r_v"], self.v_up)
+            if s.qk_norm:
+                k = rms_norm(k)
+            k = rope(k, positions, s.rope_theta)
         q = rope(q, positions, s.rope_theta)
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
         return self.project_out(out.transpose(1, 2))
