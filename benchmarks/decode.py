@@ -9,7 +9,8 @@ Timings replay a CUDA graph of many decode steps; a small cache is cycled throug
 that each step reads it from HBM, not from L2. The floor is the cache's bytes over the
 device-to-device copy bandwidth (bytes read + written per second) measured here; "÷read" divides by
 the cache's bytes over the rate one reduction reads at, measured here too (a copy's rate can sit under
-what a read-only pass reaches, so this floor is the tighter one).
+what a read-only pass reaches, so this floor is the tighter one). "TB/s" is the cache bytes the product's
+kernel read per second, "TF/s" the rate of its tensor-core products (`tensor_core_flops`).
 
     python3 benchmarks/decode.py                       # H=16, d_h=128, the issue's full grid
     python3 benchmarks/decode.py --batch 8 --context 32768 --ranks 64
@@ -174,8 +175,26 @@ def with_defaults(cell: dict) -> dict:
     return cell
 
 
+def tensor_core_flops(method: str, tokens: int, H: int, dh: int, r: int) -> int:
+    """FLOPs of the split kernel's tensor-core products over `tokens` cached tokens (as the kernels issue
+    them: p's rows padded to 16, one head per program for "rebuilt", all heads in one program for "folded").
+    Multiply-adds per (token, head), folded: [cos|sin]·M_h and K_s·2B_hᵀ (dh·r each), R_k·B_hB_hᵀ (r²),
+    p·R_v,h (16·r), and a share of the group's q·RoPE(K_s) and p·V_s (dh and 16·dh per token);
+    rebuilt: R_k·B_h (dh·r), p·V_s (16·dh), p·R_v,h (16·r)."""
+    if method == "folded":
+        macs = (dh + 16 * dh) / H + 2 * dh * r + r * r + 16 * r
+    else:
+        macs = dh * r + 16 * dh + 16 * r
+    return int(2 * macs * tokens * H)
+
+
 def ms(v: float | None) -> str:
     return f"{v:.4f}" if v else "-"
+
+
+def rate(amount: float, milliseconds: float | None, digits: int) -> str:
+    """Per second, in units of 10¹²: the achieved read rate (TB/s) or tensor-core rate (TFLOP/s)."""
+    return f"{amount / milliseconds / 1e9:.{digits}f}" if milliseconds else "-"
 
 
 def print_table(env: dict, cells: list) -> None:
@@ -184,14 +203,17 @@ def print_table(env: dict, cells: list) -> None:
           f"bf16 · copy {env['copy_bandwidth_bytes_per_s'] / 1e12:.3f} TB/s"
           f"{f' · read {read / 1e12:.3f} TB/s' if read else ''} · times in ms")
     print(f"{'B':>3} {'T':>6} {'r':>4} {'floor':>8} {'fused':>8} {'÷floor':>7} {'÷read':>6} {'rebuilt':>8} {'folded':>8} "
-          f"{'plain':>8} {'mha':>8} {'gqa4':>8} {'mha÷fused':>9} {'fused÷mha':>9}  best tiling")
+          f"{'plain':>8} {'mha':>8} {'gqa4':>8} {'mha÷fused':>9} {'fused÷mha':>9} {'TB/s':>5} {'TF/s':>5}  best tiling")
     for c in cells:
         f = c["fused_ms"]
         by_read = f / c["read_floor_ms"] if f and c.get("read_floor_ms") else float("nan")
+        method = ast.literal_eval(c["default_tiling"])[0]
+        flops = tensor_core_flops(method, c["B"] * c["T"], env["heads"], env["head_dim"], c["r"])
         print(f"{c['B']:>3} {c['T']:>6} {c['r']:>4} {c['floor_ms']:>8.4f} {ms(f):>8} "
               f"{f / c['floor_ms'] if f else float('nan'):>7.3f} {by_read:>6.2f} {ms(c.get('rebuilt_ms')):>8} "
               f"{ms(c.get('folded_ms')):>8} {ms(c.get('plain_ms')):>8} {c['mha_ms']:>8.4f} {c['gqa4_ms']:>8.4f} "
-              f"{c['mha_ms'] / f if f else float('nan'):>9.3f} {f / c['mha_ms'] if f else float('nan'):>9.3f}  "
+              f"{c['mha_ms'] / f if f else float('nan'):>9.3f} {f / c['mha_ms'] if f else float('nan'):>9.3f} "
+              f"{rate(c['cache_bytes'], f, 2):>5} {rate(flops, f, 0):>4}  "
               f"{c['best_tiling']}")
 
 

@@ -13,6 +13,8 @@ from .spec import AttentionSpec
 
 class Attention(nn.Module, abc.ABC):
     cache_type: type[DecodeCache]
+    # Weights drawn from another variant's seed, for a weight that plays that variant's part.
+    seed_names: dict[str, str] = {}
 
     def __init__(self, spec: AttentionSpec):
         super().__init__()
@@ -29,7 +31,7 @@ class Attention(nn.Module, abc.ABC):
         with torch.no_grad():
             for name, p in self.named_parameters(recurse=False):
                 fan_in = p.shape[-1] if p.dim() == 2 else p.shape[-2]
-                with seeded(name):
+                with seeded(self.seed_names.get(name, name)):
                     p.normal_(0.0, max(fan_in, 1) ** -0.5)
 
     @abc.abstractmethod

@@ -75,6 +75,7 @@ def attend_compressed(q: torch.Tensor, rows: dict[str, torch.Tensor], mask: torc
 
 class LowRankKVAttention(Attention):
     cache_type = LRKVCache
+    seed_names = {"k_shared": "k", "v_shared": "v"}  # W_shared starts as MQA's K/V: r = 0 trains as MQA
 
     def reset_parameters(self) -> None:
         super().reset_parameters()

@@ -61,17 +61,22 @@ def test_head_diversity_of_mqa_rank0_and_lrkv():
 
 def test_variants_share_the_weights_they_have_in_common():
     """Under one seed, LRKV at two ranks and MHA start with equal embeddings, MLPs, head and query
-    projections (common random numbers), while a variant's own weights still differ from the others'."""
+    projections (common random numbers), LRKV's shared K/V start as MQA's K/V, and a variant's own
+    weights still differ from the others'."""
     def build(**spec):
         torch.manual_seed(7)
         return dict(GPT(ModelConfig(AttentionSpec(d_model=64, n_heads=4, **spec), n_layers=2), 100).named_parameters())
 
-    lrkv4, lrkv6, mha = build(kind="lrkv", rank=4), build(kind="lrkv", rank=6), build(kind="mha")
+    lrkv4, lrkv6, mha, mqa = build(kind="lrkv", rank=4), build(kind="lrkv", rank=6), build(kind="mha"), build(kind="mqa")
     shared = ["embed.weight", "head.weight", "blocks.1.mlp.fc.weight", "blocks.0.attn.q", "blocks.1.attn.q"]
     for name in shared:
         assert torch.equal(lrkv4[name], lrkv6[name]) and torch.equal(lrkv4[name], mha[name]), name
+    for i in range(2):
+        for which in "kv":
+            assert torch.equal(lrkv4[f"blocks.{i}.attn.{which}_shared"], mqa[f"blocks.{i}.attn.{which}"])
     assert not torch.equal(lrkv4["blocks.0.attn.q"], lrkv4["blocks.1.attn.q"])  # each name its own draw
-    assert not torch.equal(lrkv4["blocks.0.attn.k_shared"], mha["blocks.0.attn.k"][:16])
+    assert not torch.equal(lrkv4["blocks.0.attn.k_shared"], lrkv4["blocks.0.attn.v_shared"])
+    assert not torch.equal(lrkv4["blocks.0.attn.k_down"][:16], lrkv4["blocks.0.attn.k_shared"])
     torch.manual_seed(8)
     other = dict(GPT(ModelConfig(AttentionSpec(d_model=64, n_heads=4, kind="lrkv", rank=4), n_layers=2), 100)
                  .named_parameters())

@@ -45,6 +45,14 @@ def test_baselines_train(tmp_path, kind):
     assert math.isfinite(record["val_bpb"])
 
 
+def test_lrkv_rank_zero_trains_as_mqa(tmp_path):
+    """Under one seed, LRKV at r = 0 starts with MQA's weights (W_shared is drawn as MQA's K/V) and so
+    learns the same curve: the sweep's r = 0 anchor and its MQA baseline agree, as the paper has them."""
+    lrkv, mqa = (train(tiny_trial(tmp_path, kind=kind, rank=0, tokens=64 * 8 * 8)) for kind in ("lrkv", "mqa"))
+    assert [p["val_bpb"] for p in lrkv["curve"]] == pytest.approx([p["val_bpb"] for p in mqa["curve"]], rel=1e-5)
+    assert lrkv["kv_cache_bytes_per_token"] == mqa["kv_cache_bytes_per_token"]
+
+
 def test_muon_trains(tmp_path):
     record = train(tiny_trial(tmp_path, optimizer="muon", tokens=64 * 8 * 8))
     assert math.isfinite(record["val_bpb"]) and record["val_bpb"] < 8
