@@ -106,6 +106,7 @@ class LowRankKVAttention(Attention):
         return self.q.view(self.H, self.dh, -1), w_k
 
     def training_path(self, x: torch.Tensor) -> str:
+        """How this forward rebuilds keys and values: TRAINING_PATH if forced, else by device and mode."""
         if TRAINING_PATH is not None:
             return TRAINING_PATH
         if not x.is_cuda:
