@@ -271,7 +271,8 @@ def gpu_spec(args, k: int, steps: int, gpus: float, cache: Path, name: str) -> d
 def mps(enabled: bool):
     """A CUDA MPS control daemon for the duration (started before this process or Ray touches CUDA, so
     every trial process is its client): kernels of processes sharing the card run side by side instead
-    of taking turns. Yields the daemon's server list as seen at the end (empty: no client used it)."""
+    of taking turns. Yields a list that gets, at the end, the daemon's server list (empty: no client used
+    it) and the card's compute processes as nvidia-smi sees them (MPS clients show as its server)."""
     if not enabled:
         yield None
         return
@@ -287,6 +288,9 @@ def mps(enabled: bool):
     finally:
         ask = lambda command: subprocess.run([control], input=command + "\n", capture_output=True, text=True).stdout
         servers.extend(ask("get_server_list").split())
+        apps = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,process_name", "--format=csv,noheader"],
+                              capture_output=True, text=True)
+        servers.extend(line.strip() for line in apps.stdout.splitlines() if line.strip())
         ask("quit")
 
 
