@@ -271,8 +271,7 @@ def gpu_spec(args, k: int, steps: int, gpus: float, cache: Path, name: str) -> d
 def mps(enabled: bool):
     """A CUDA MPS control daemon for the duration (started before this process or Ray touches CUDA, so
     every trial process is its client): kernels of processes sharing the card run side by side instead
-    of taking turns. Yields a list that gets, at the end, the daemon's server list (empty: no client used
-    it) and the card's compute processes as nvidia-smi sees them (MPS clients show as its server)."""
+    of taking turns. Yields a list that gets the daemon's server list at the end."""
     if not enabled:
         yield None
         return
@@ -288,10 +287,14 @@ def mps(enabled: bool):
     finally:
         ask = lambda command: subprocess.run([control], input=command + "\n", capture_output=True, text=True).stdout
         servers.extend(ask("get_server_list").split())
-        apps = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,process_name", "--format=csv,noheader"],
-                              capture_output=True, text=True)
-        servers.extend(line.strip() for line in apps.stdout.splitlines() if line.strip())
         ask("quit")
+
+
+def compute_apps() -> list[str]:
+    """The card's compute processes as nvidia-smi lists them (under MPS, its server stands for the clients)."""
+    apps = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,process_name", "--format=csv,noheader"],
+                          capture_output=True, text=True)
+    return [line.strip() for line in apps.stdout.splitlines() if line.strip()]
 
 
 def run_gpu(args) -> None:
@@ -367,6 +370,7 @@ def _run_gpu(args) -> dict:
                    "trials": res["trials"],
                    "launch_ms": res["launch_ms"], "finish_ms": res["finish_ms"]}
             row["wall_tokens_per_s"] = row["total_tokens"] / res["wall_s"]
+            row["compute_apps"] = compute_apps() if cuda else []  # the trials' workers are still alive
             out["rows"].append(row)
             print(f"k={k}: run() {res['wall_s']:.1f} s, Σ steady {row['sum_steady_tokens_per_s']:,.0f} tok/s, "
                   f"tokens/wall {row['wall_tokens_per_s']:,.0f} tok/s, per trial "
