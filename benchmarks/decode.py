@@ -57,7 +57,7 @@ def read_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> float:
     also writes, so its rate can sit under what a decode kernel reads at)."""
     x = torch.randn(nbytes // 2, device=device, dtype=torch.bfloat16)
     total = torch.empty((), device=device)
-    return nbytes / step_seconds(lambda i: torch.sum(x, dtype=torch.float32, out=total), device)
+    return nbytes / step_seconds(lambda i: torch.sum(x, dim=0, dtype=torch.float32, out=total), device)
 
 
 def graph_ms(step, copies: int) -> float:
