@@ -251,7 +251,7 @@ def main() -> None:
     env = {"card": card, "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
            "date": time.strftime("%Y-%m-%d"), "copy_bandwidth_bytes_per_s": bandwidth,
            "read_bandwidth_bytes_per_s": read, "heads": H, "head_dim": dh,
-           "dtype": "bfloat16", "args": vars(args)}
+           "dtype": "bfloat16", "args": {k: v for k, v in vars(args).items() if k != "out_dir"}}
     RESULTS.mkdir(parents=True, exist_ok=True)
     tag = f"-{args.tag}" if args.tag else ""
     out = RESULTS / f"decode-{re.sub(r'[^A-Za-z0-9]+', '_', card)}{tag}.json"

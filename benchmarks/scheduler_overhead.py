@@ -318,7 +318,8 @@ def _run_gpu(args) -> dict:
     ray_init_s = time.perf_counter() - t
     print(f"{card} · Ray {ray.__version__} · {os.cpu_count()} CPUs · ray.init {ray_init_s:.1f} s", flush=True)
     tokens_per_step = args.batch_size * args.seq_len
-    out = {"env": environment(card) | {"started": started, "args": vars(args), "gpus_per_trial_base": base},
+    recorded = {k: v for k, v in vars(args).items() if k != "out_dir"}
+    out = {"env": environment(card) | {"started": started, "args": recorded, "gpus_per_trial_base": base},
            "ray_init_s": ray_init_s, "rows": [], "skipped": []}
     name = f"scheduler_overhead-gpu-{re.sub(r'[^A-Za-z0-9]+', '_', card)}{'-mps' if args.mps else ''}.json"
     out["name"] = name

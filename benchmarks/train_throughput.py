@@ -54,7 +54,8 @@ def main() -> None:
     args = parser.parse_args()
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     env = {"card": card, "torch": torch.__version__, "python": platform.python_version(),
-           "triton": _version("triton"), "date": time.strftime("%Y-%m-%d"), "args": vars(args)}
+           "triton": _version("triton"), "date": time.strftime("%Y-%m-%d"),
+           "args": {k: v for k, v in vars(args).items() if k != "out_dir"}}
     name = f"train_throughput-{re.sub(r'[^A-Za-z0-9]+', '_', card)}.json"
 
     rows = []
