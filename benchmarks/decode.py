@@ -203,7 +203,7 @@ def print_table(env: dict, cells: list) -> None:
           f"bf16 · copy {env['copy_bandwidth_bytes_per_s'] / 1e12:.3f} TB/s"
           f"{f' · read {read / 1e12:.3f} TB/s' if read else ''} · times in ms")
     print(f"{'B':>3} {'T':>6} {'r':>4} {'floor':>8} {'fused':>8} {'÷floor':>7} {'÷read':>6} {'rebuilt':>8} {'folded':>8} "
-          f"{'plain':>8} {'mha':>8} {'gqa4':>8} {'mha÷fused':>9} {'fused÷mha':>9} {'TB/s':>5} {'TF/s':>5}  best tiling")
+          f"{'plain':>8} {'mha':>8} {'gqa4':>8} {'mha÷fused':>9} {'fused÷mha':>9} {'TB/s':>5} {'TF/s':>4}  best tiling")
     for c in cells:
         f = c["fused_ms"]
         by_read = f / c["read_floor_ms"] if f and c.get("read_floor_ms") else float("nan")

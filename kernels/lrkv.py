@@ -16,7 +16,7 @@ from .spec import AttentionSpec
 
 RESIDUAL_SCALE = 0.1  # ‖U_h B_hᵀ‖_F at init, relative to ‖W_shared‖_F (the paper's recipe)
 # How a training forward rebuilds per-head keys and values from the cached rows (None: `training_path`
-# picks; tests and benchmarks force one): "factored", the plain composition (einsum, norm, RoPE), or
+# picks; a benchmark may force one): "factored", the plain composition (einsum, norm, RoPE), or
 # "fused", the Triton op.
 TRAINING_PATH: str | None = None
 TRAINING_PATHS = ("factored", "fused")
