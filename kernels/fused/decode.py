@@ -378,8 +378,10 @@ TILINGS = {"rebuilt": (32, 2, 2, 4, 32, 1), "folded": (64, 4, 3, 2, 8, None), "f
 
 def logit_method(batch: int, max_len: int, rank: int) -> str:
     """The split kernel for a shape: folded while its per-head matrices stay small (r ≤ 64) and the
-    batch holds enough tokens to fill the card (B·T ≥ 32K); else keys rebuilt, one head per program."""
-    return "folded" if rank <= 64 and batch * max_len >= 32768 else "rebuilt"
+    batch holds enough tokens to fill the card (B·T ≥ 32K, or 16K at r ≤ 16, where folded was 15 % faster
+    on an H100 and an H200); else keys rebuilt, one head per program."""
+    tokens = batch * max_len
+    return "folded" if (rank <= 64 and tokens >= 32768) or (rank <= 16 and tokens >= 16384) else "rebuilt"
 
 
 def default_tiling(method: str, rank: int) -> tuple:

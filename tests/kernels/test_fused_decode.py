@@ -100,9 +100,10 @@ def test_layer_decode_through_kernel_matches_forward(monkeypatch):
 
 
 def test_method_follows_the_measured_crossover():
-    """Folded logits for r ≤ 64 over batches of at least 32K tokens; keys rebuilt otherwise."""
+    """Folded logits for r ≤ 64 over batches of at least 32K tokens (16K at r ≤ 16); keys rebuilt otherwise."""
     assert logit_method(8, 32768, 64) == logit_method(1, 32768, 16) == logit_method(32, 2048, 32) == "folded"
-    assert logit_method(8, 2048, 16) == logit_method(8, 32768, 128) == "rebuilt"
+    assert logit_method(8, 2048, 16) == "folded"
+    assert logit_method(8, 2048, 32) == logit_method(1, 8192, 16) == logit_method(8, 32768, 128) == "rebuilt"
 
 
 def test_shape_mismatch_names_the_argument():
