@@ -37,8 +37,8 @@ from lrkv.kernels.fused.decode import TILINGS, decode, default_tiling, logit_met
 from lrkv.kernels.lrkv import attend_compressed
 from lrkv.kernels.ops import rms_norm
 from lrkv.workers.profile import copies_past_l2, copy_bandwidth, step_seconds
+from record import arguments, write
 
-RESULTS = Path(__file__).parent / "results"
 THETA = 10000.0
 # Candidates (method, block_t, num_warps, num_stages, min_tiles, waves, heads_per_program); the product's
 # defaults (TILINGS) are among them, and `logit_method` picks the one it runs per cell.
@@ -217,12 +217,6 @@ def print_table(env: dict, cells: list) -> None:
               f"{c['best_tiling']}")
 
 
-def write(paths: list[Path], env: dict, cells: list) -> None:
-    for path in paths:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"env": env, "cells": cells}, indent=1, default=str) + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
@@ -251,11 +245,9 @@ def main() -> None:
     env = {"card": card, "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
            "date": time.strftime("%Y-%m-%d"), "copy_bandwidth_bytes_per_s": bandwidth,
            "read_bandwidth_bytes_per_s": read, "heads": H, "head_dim": dh,
-           "dtype": "bfloat16", "args": {k: v for k, v in vars(args).items() if k != "out_dir"}}
-    RESULTS.mkdir(parents=True, exist_ok=True)
+           "dtype": "bfloat16", "args": arguments(args)}
     tag = f"-{args.tag}" if args.tag else ""
-    out = RESULTS / f"decode-{re.sub(r'[^A-Za-z0-9]+', '_', card)}{tag}.json"
-    paths = [out] + ([args.out_dir / out.name] if args.out_dir else [])
+    name = f"decode-{re.sub(r'[^A-Za-z0-9]+', '_', card)}{tag}.json"
     candidates = (CANDIDATES if args.candidates == "all"
                   else [(key.split("-")[0], *tiling) for key, tiling in TILINGS.items()])
 
@@ -269,11 +261,11 @@ def main() -> None:
                 cell.update(mha_ms=mha, gqa4_ms=gqa, floor_ms=cell["cache_bytes"] / bandwidth * 1e3,
                             read_floor_ms=cell["cache_bytes"] / read * 1e3)
                 cells.append(cell)
-                write(paths, env, cells)  # after every cell, so a run cut short keeps what it measured
+                write(name, {"env": env, "cells": cells}, args.out_dir)  # after every cell, so a run cut short keeps what it measured
                 print(f"B={B:>2} T={T:>5} r={r:>3}  fused {ms(cell['fused_ms'])} ms  floor {cell['floor_ms']:.4f}  "
                       f"mha {mha:.4f}  err {cell['max_rel_err']:.2e}  {cell['best_tiling']}", flush=True)
 
-    write(paths, env, cells)
+    out = write(name, {"env": env, "cells": cells}, args.out_dir)
     print_table(env, cells)
     print(f"written: {out}")
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import re
@@ -41,8 +40,8 @@ import lrkv.orchestrator.driver as driver_module
 from lrkv.orchestrator.driver import SweepDriver
 from lrkv.orchestrator.spec import parse_spec
 from lrkv.orchestrator.stores import Stores
+from record import arguments, write
 
-RESULTS = Path(__file__).parent / "results"
 CORPUS = Path(__file__).parents[1] / "tests" / "data" / "corpus"
 WARMUP_STEPS = 3  # lrkv.workers.train.WARMUP_STEPS: steps left out of tokens_per_s
 
@@ -213,7 +212,7 @@ def run_cpu(args) -> None:
     table = cpu_table(summary, args)
     print("\n" + table)
     env = environment("cpu") | {"started": started, "loadavg_start": load0, "loadavg_after_sweep": load1,
-                                "args": vars(args)}
+                                "args": arguments(args)}
     write(f"scheduler_overhead-cpu{'-' + args.suffix if args.suffix else ''}.json", {"env": env, "spec": spec, "summary": summary, "table": table,
                                           "trials": trials, "launch_ms": res["launch_ms"], "finish_ms": res["finish_ms"],
                                           "stub": stub and {k: stub[k] for k in ("launch_ms", "finish_ms", "asked")}},
@@ -299,14 +298,14 @@ def compute_apps() -> list[str]:
 
 def run_gpu(args) -> None:
     with mps(args.mps) as servers:
-        out = _run_gpu(args)
+        out, name = _run_gpu(args)
     if args.mps:
         out["env"]["mps_servers"] = servers
         print(f"MPS servers used: {servers or 'none'}")
-        write(out["name"], out, args.out_dir)
+        write(name, out, args.out_dir)
 
 
-def _run_gpu(args) -> dict:
+def _run_gpu(args) -> tuple[dict, str]:
     t_script = time.perf_counter()
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     cuda = torch.cuda.is_available()
@@ -318,11 +317,9 @@ def _run_gpu(args) -> dict:
     ray_init_s = time.perf_counter() - t
     print(f"{card} · Ray {ray.__version__} · {os.cpu_count()} CPUs · ray.init {ray_init_s:.1f} s", flush=True)
     tokens_per_step = args.batch_size * args.seq_len
-    recorded = {k: v for k, v in vars(args).items() if k != "out_dir"}
-    out = {"env": environment(card) | {"started": started, "args": recorded, "gpus_per_trial_base": base},
+    out = {"env": environment(card) | {"started": started, "args": arguments(args), "gpus_per_trial_base": base},
            "ray_init_s": ray_init_s, "rows": [], "skipped": []}
     name = f"scheduler_overhead-gpu-{re.sub(r'[^A-Za-z0-9]+', '_', card)}{'-mps' if args.mps else ''}.json"
-    out["name"] = name
     with tempfile.TemporaryDirectory(prefix="lrkv-packing-") as tmp:
         tmp = Path(tmp)
         cache = tmp / "cache"
@@ -382,7 +379,7 @@ def _run_gpu(args) -> dict:
     out["script_s"] = time.perf_counter() - t_script
     print("\n" + out["table"])
     write(name, out, args.out_dir)
-    return out
+    return out, name
 
 
 def report_failures(res: dict) -> None:
@@ -422,12 +419,6 @@ def environment(card: str) -> dict:
             "mlflow": mlflow.__version__, "python": platform.python_version(), "cpus": os.cpu_count(),
             "host": platform.node(), "date": time.strftime("%Y-%m-%d"), "lrkv_source": driver_module.__file__,
             "lrkv_commit": os.environ.get("LRKV_SOURCE_COMMIT")}
-
-
-def write(name: str, payload: dict, out_dir: Path | None) -> None:
-    for folder in {RESULTS, *( [out_dir] if out_dir else [])}:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_text(json.dumps(payload, indent=1, default=str) + "\n")
 
 
 def main() -> None:

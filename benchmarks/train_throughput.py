@@ -15,7 +15,6 @@ Writes benchmarks/results/train_throughput-<card>.json and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import re
 import time
@@ -26,8 +25,7 @@ import torch
 from lrkv.kernels import lrkv as lrkv_module
 from lrkv.workers.config import TrialConfig
 from lrkv.workers.train import train
-
-RESULTS = Path(__file__).parent / "results"
+from record import arguments, write
 
 
 def attention_for(kind: str, d_model: int, n_heads: int) -> dict:
@@ -55,7 +53,7 @@ def main() -> None:
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     env = {"card": card, "torch": torch.__version__, "python": platform.python_version(),
            "triton": _version("triton"), "date": time.strftime("%Y-%m-%d"),
-           "args": {k: v for k, v in vars(args).items() if k != "out_dir"}}
+           "args": arguments(args)}
     name = f"train_throughput-{re.sub(r'[^A-Za-z0-9]+', '_', card)}.json"
 
     rows = []
@@ -78,12 +76,12 @@ def main() -> None:
                 "tokens_per_s", "mfu", "peak_memory_bytes", "flops_per_token", "params",
                 "kv_cache_bytes_per_token", "val_bpb", "steps", "device")}})
             print(f"{size:>10} {kind:>14} {record['tokens_per_s']:>12,.0f} tok/s  mfu {record['mfu'] or 0:.3f}", flush=True)
-            write(name, env, rows, args)  # after every row, so a run cut short keeps what it measured
+            write(name, {"env": env, "rows": rows}, args.out_dir)  # after every row, so a run cut short keeps what it measured
 
     base = {r["size"]: r["tokens_per_s"] for r in rows if r["kind"] == args.kinds[0]}
     for r in rows:
         r["ratio_vs_" + args.kinds[0]] = r["tokens_per_s"] / base[r["size"]] if r["size"] in base else None
-    out = write(name, env, rows, args)
+    out = write(name, {"env": env, "rows": rows}, args.out_dir)
 
     mode = "compiled" if args.compile == "on" else "eager"
     print(f"\n{card} · torch {env['torch']} · batch {args.batch_size}×{args.seq_len} · bf16 · {mode} · {args.optimizer}")
@@ -93,13 +91,6 @@ def main() -> None:
         print(f"{r['size']:>10} {r['kind']:>14} {r['tokens_per_s']:>12,.0f} {ratio:>8.3f} {r['mfu'] or 0:>6.3f} "
               f"{r['peak_memory_bytes'] / 2**30:>9.2f} {r['kv_cache_bytes_per_token']:>9,}")
     print(f"written: {out}")
-
-
-def write(name: str, env: dict, rows: list, args) -> Path:
-    for folder in {RESULTS, *([args.out_dir] if args.out_dir else [])}:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_text(json.dumps({"env": env, "rows": rows}, indent=1, default=str) + "\n")
-    return RESULTS / name
 
 
 def _version(name: str) -> str | None:

@@ -1,0 +1,22 @@
+"""Where the benchmarks keep what they measured: benchmarks/results/ and, when a run names one, a second
+folder (--out-dir). Scripts rewrite their file after every row, so a run cut short keeps its rows."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def write(name: str, payload: dict, out_dir: Path | None = None) -> Path:
+    """Write `payload` as results/<name> (and out_dir/<name>); returns the results path."""
+    for folder in {RESULTS, *([out_dir] if out_dir else [])}:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    return RESULTS / name
+
+
+def arguments(args: argparse.Namespace) -> dict:
+    """A run's arguments as recorded: all but the output folder, which names a place on one machine."""
+    return {k: v for k, v in vars(args).items() if k != "out_dir"}
