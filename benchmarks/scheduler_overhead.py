@@ -319,7 +319,8 @@ def _run_gpu(args) -> tuple[dict, str]:
     tokens_per_step = args.batch_size * args.seq_len
     out = {"env": environment(card) | {"started": started, "args": arguments(args), "gpus_per_trial_base": base},
            "ray_init_s": ray_init_s, "rows": [], "skipped": []}
-    name = f"scheduler_overhead-gpu-{re.sub(r'[^A-Za-z0-9]+', '_', card)}{'-mps' if args.mps else ''}.json"
+    name = (f"scheduler_overhead-gpu-{re.sub(r'[^A-Za-z0-9]+', '_', card)}{'-mps' if args.mps else ''}"
+            f"{'-' + args.suffix if args.suffix else ''}.json")
     with tempfile.TemporaryDirectory(prefix="lrkv-packing-") as tmp:
         tmp = Path(tmp)
         cache = tmp / "cache"
@@ -427,7 +428,8 @@ def main() -> None:
     mode.add_argument("--cpu", action="store_true", help="busy fraction of the worker slots (CPU sweep)")
     mode.add_argument("--gpu", action="store_true", help="fractional GPU packing, k = 1, 4, 2 trials per card")
     p.add_argument("--out-dir", type=Path, help="also write the JSON result here")
-    p.add_argument("--suffix", help="cpu: results/scheduler_overhead-cpu-SUFFIX.json (e.g. the commit measured)")
+    p.add_argument("--suffix", help="ends the result's file name: scheduler_overhead-cpu-SUFFIX.json, "
+                   "scheduler_overhead-gpu-CARD[-mps]-SUFFIX.json (e.g. the commit or shape measured)")
     c = p.add_argument_group("--cpu")
     c.add_argument("--trials", type=int, default=20)
     c.add_argument("--steps", type=int, default=None, help="cpu: steps per trial (160); gpu: fixed steps (else adaptive)")

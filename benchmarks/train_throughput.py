@@ -8,7 +8,8 @@ on one card, so the ratios compare like with like.
 
 `lrkv64` takes the layer's own training path; a suffix forces one (`kernels.lrkv.TRAINING_PATHS`):
 `-factored` rebuilds keys/values with the plain composition (einsum, norm, RoPE, which torch.compile
-fuses as it can), `-fused` with the Triton op. `--compile off` times eager CUDA.
+fuses as it can), `-fused` with the Triton op. `--compile off` times eager CUDA. `--repeats N` runs the kinds N times in
+turn (each a fresh build and compile), so a ratio comes with the spread between rounds.
 
 Writes benchmarks/results/train_throughput-<card>.json and prints a table.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import re
 import time
 from pathlib import Path
@@ -48,6 +50,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--optimizer", default="adamw")
     parser.add_argument("--compile", choices=["on", "off"], default="on")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds over the kinds, interleaved")
     parser.add_argument("--out-dir", type=Path, help="also write the JSON result here (after every row)")
     args = parser.parse_args()
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
@@ -59,7 +62,7 @@ def main() -> None:
     rows = []
     for size in args.sizes:
         d_model, n_layers, n_heads = map(int, size.split("x"))
-        for kind in args.kinds:
+        for round_, kind in ((i, kind) for i in range(args.repeats) for kind in args.kinds):
             trial = TrialConfig.from_dict({
                 "model": {"n_layers": n_layers, "attention": attention_for(kind, d_model, n_heads)},
                 "data": {"source": "stdlib", "seq_len": args.seq_len},
@@ -72,25 +75,43 @@ def main() -> None:
                 raise SystemExit(f"--kinds: {kind!r}: expected a suffix in {lrkv_module.TRAINING_PATHS}")
             lrkv_module.TRAINING_PATH = path
             record = train(trial)
-            rows.append({"size": size, "kind": kind, **{k: record[k] for k in (
+            rows.append({"size": size, "kind": kind, "round": round_, **{k: record[k] for k in (
                 "tokens_per_s", "mfu", "peak_memory_bytes", "flops_per_token", "params",
                 "kv_cache_bytes_per_token", "val_bpb", "steps", "device")}})
-            print(f"{size:>10} {kind:>14} {record['tokens_per_s']:>12,.0f} tok/s  mfu {record['mfu'] or 0:.3f}", flush=True)
+            print(f"{size:>10} {kind:>14} round {round_} {record['tokens_per_s']:>12,.0f} tok/s  "
+                  f"mfu {record['mfu'] or 0:.3f}", flush=True)
             write(name, {"env": env, "rows": rows}, args.out_dir)  # after every row, so a run cut short keeps what it measured
 
-    base = {r["size"]: r["tokens_per_s"] for r in rows if r["kind"] == args.kinds[0]}
-    for r in rows:
-        r["ratio_vs_" + args.kinds[0]] = r["tokens_per_s"] / base[r["size"]] if r["size"] in base else None
-    out = write(name, {"env": env, "rows": rows}, args.out_dir)
+    summary = summarise(rows, args.kinds[0])
+    out = write(name, {"env": env, "rows": rows, "summary": summary}, args.out_dir)
 
     mode = "compiled" if args.compile == "on" else "eager"
-    print(f"\n{card} · torch {env['torch']} · batch {args.batch_size}×{args.seq_len} · bf16 · {mode} · {args.optimizer}")
-    print(f"{'size':>10} {'kind':>14} {'tokens/s':>12} {'vs ' + args.kinds[0]:>8} {'MFU':>6} {'peak GiB':>9} {'KV B/tok':>9}")
-    for r in rows:
-        ratio = r["ratio_vs_" + args.kinds[0]]
-        print(f"{r['size']:>10} {r['kind']:>14} {r['tokens_per_s']:>12,.0f} {ratio:>8.3f} {r['mfu'] or 0:>6.3f} "
-              f"{r['peak_memory_bytes'] / 2**30:>9.2f} {r['kv_cache_bytes_per_token']:>9,}")
+    print(f"\n{card} · torch {env['torch']} · batch {args.batch_size}×{args.seq_len} · bf16 · {mode} · "
+          f"{args.optimizer} · {args.repeats} round(s) · medians, ratio range over rounds")
+    print(f"{'size':>10} {'kind':>14} {'tokens/s':>12} {'vs ' + args.kinds[0]:>8} {'min':>6} {'max':>6} "
+          f"{'MFU':>6} {'peak GiB':>9} {'KV B/tok':>9}")
+    for r in summary:
+        print(f"{r['size']:>10} {r['kind']:>14} {r['tokens_per_s']:>12,.0f} {r['ratio']:>8.3f} {r['ratio_min']:>6.3f} "
+              f"{r['ratio_max']:>6.3f} {r['mfu'] or 0:>6.3f} {r['peak_memory_bytes'] / 2**30:>9.2f} "
+              f"{r['kv_cache_bytes_per_token']:>9,}")
     print(f"written: {out}")
+
+
+def summarise(rows: list[dict], baseline: str) -> list[dict]:
+    """Per size and kind: median tokens/s over rounds, and the median, min and max of the ratio to the
+    baseline kind measured in the same round (rounds are interleaved, so slow drift cancels)."""
+    summary = []
+    for size, kind in dict.fromkeys((r["size"], r["kind"]) for r in rows):
+        mine = {r["round"]: r for r in rows if (r["size"], r["kind"]) == (size, kind)}
+        base = {r["round"]: r["tokens_per_s"] for r in rows if (r["size"], r["kind"]) == (size, baseline)}
+        ratios = [mine[i]["tokens_per_s"] / base[i] for i in mine if i in base]
+        median = statistics.median(r["tokens_per_s"] for r in mine.values())
+        last = mine[max(mine)]
+        summary.append({"size": size, "kind": kind, "rounds": len(mine), "tokens_per_s": median,
+                        "ratio": statistics.median(ratios) if ratios else None,
+                        "ratio_min": min(ratios, default=None), "ratio_max": max(ratios, default=None),
+                        **{k: last[k] for k in ("mfu", "peak_memory_bytes", "kv_cache_bytes_per_token")}})
+    return summary
 
 
 def _version(name: str) -> str | None:
