@@ -11,6 +11,8 @@ device-to-device copy bandwidth (bytes read + written per second) measured here;
 the cache's bytes over the rate one reduction reads at, measured here too (a copy's rate can sit under
 what a read-only pass reaches, so this floor is the tighter one). "TB/s" is the cache bytes the product's
 kernel read per second, "TF/s" the rate of its tensor-core products (`tensor_core_flops`).
+`--key-scales` times the cache layout of a spec's `key_scales` (each key's 1/rms cached, H more values
+per token, counted in the floor); its check still compares against the reference that computes the norm.
 
     python3 benchmarks/decode.py                       # H=16, d_h=128, the issue's full grid
     python3 benchmarks/decode.py --batch 8 --context 32768 --ranks 64
@@ -34,7 +36,7 @@ import triton
 from triton.runtime.errors import OutOfResources
 
 from lrkv.kernels.fused.decode import TILINGS, decode, default_tiling, logit_method
-from lrkv.kernels.lrkv import attend_compressed
+from lrkv.kernels.lrkv import attend_compressed, key_scales
 from lrkv.kernels.ops import rms_norm
 from lrkv.workers.profile import copies_past_l2, copy_bandwidth, step_seconds
 from record import arguments, write
@@ -64,7 +66,7 @@ def graph_ms(step, copies: int) -> float:
     return step_seconds(step, torch.device("cuda"), copies) * 1e3
 
 
-def lrkv_cache(B, T, H, dh, r, device, gen):
+def lrkv_cache(B, T, H, dh, r, device, gen, scales: bool = False):
     rows = {"k_shared": torch.randn(B, T, dh, device=device, generator=gen),
             "v_shared": torch.randn(B, T, dh, device=device, generator=gen),
             "r_k": torch.randn(B, T, H, r, device=device, generator=gen),
@@ -73,6 +75,8 @@ def lrkv_cache(B, T, H, dh, r, device, gen):
     ups = [(torch.randn(H, r, dh, device=device, generator=gen) * max(r, 1) ** -0.5).to(torch.bfloat16)
            for _ in range(2)]
     q = rms_norm(torch.randn(B, H, dh, device=device, generator=gen)).to(torch.bfloat16)
+    if scales:
+        rows["k_scale"] = key_scales(rows["k_shared"], rows["r_k"], ups[0]).to(torch.bfloat16)
     return q, rows, ups[0], ups[1]
 
 
@@ -80,7 +84,7 @@ def fused(q, rows, k_up, v_up, lengths, tiling, out=None):
     method, block_t, warps, stages, min_tiles, waves, heads = tiling
     return decode(q, rows["k_shared"], rows["v_shared"], rows["r_k"], rows["r_v"], k_up, v_up, lengths,
                   norm=True, rope_theta=THETA, method=method, block_t=block_t, num_warps=warps, num_stages=stages,
-                  min_tiles=min_tiles, waves=waves, heads_per_program=heads, out=out)
+                  min_tiles=min_tiles, waves=waves, heads_per_program=heads, k_scale=rows.get("k_scale"), out=out)
 
 
 def reference_error(q, rows, k_up, v_up, lengths, out) -> float:
@@ -88,7 +92,7 @@ def reference_error(q, rows, k_up, v_up, lengths, out) -> float:
     worst = 0.0
     for b in sorted({0, q.size(0) - 1}):
         n = int(lengths[b])
-        one = {k: v[b:b + 1, :n].double() for k, v in rows.items()}
+        one = {k: v[b:b + 1, :n].double() for k, v in rows.items() if k != "k_scale"}  # the norm computed
         mask = torch.ones(1, n, dtype=torch.bool, device=q.device)
         ref = attend_compressed(q[b:b + 1].double(), one, mask, k_up.double(), v_up.double(), norm=True,
                                 rope_theta=THETA)
@@ -123,8 +127,8 @@ def check(q, rows, k_up, v_up, tilings) -> float:
     return worst
 
 
-def time_lrkv(B, T, H, dh, r, device, gen, tilings, plain: bool) -> dict:
-    q, rows, k_up, v_up = lrkv_cache(B, T, H, dh, r, device, gen)
+def time_lrkv(B, T, H, dh, r, device, gen, tilings, plain: bool, scales: bool = False) -> dict:
+    q, rows, k_up, v_up = lrkv_cache(B, T, H, dh, r, device, gen, scales)
     nbytes = sum(t.nbytes for t in rows.values())
     tilings = [t for t in tilings if fits(q, rows, k_up, v_up, t)]
     err = check(q, rows, k_up, v_up, tilings)
@@ -175,14 +179,15 @@ def with_defaults(cell: dict) -> dict:
     return cell
 
 
-def tensor_core_flops(method: str, tokens: int, H: int, dh: int, r: int) -> int:
+def tensor_core_flops(method: str, tokens: int, H: int, dh: int, r: int, scaled: bool = False) -> int:
     """FLOPs of the split kernel's tensor-core products over `tokens` cached tokens (as the kernels issue
     them: p's rows padded to 16, one head per program for "rebuilt", all heads in one program for "folded").
     Multiply-adds per (token, head), folded: [cos|sin]·M_h and K_s·2B_hᵀ (dh·r each), R_k·B_hB_hᵀ (r²),
     p·R_v,h (16·r), and a share of the group's q·RoPE(K_s) and p·V_s (dh and 16·dh per token);
-    rebuilt: R_k·B_h (dh·r), p·V_s (16·dh), p·R_v,h (16·r)."""
+    rebuilt: R_k·B_h (dh·r), p·V_s (16·dh), p·R_v,h (16·r). With cached key scales folded skips the norm's
+    two (K_s·2B_hᵀ and R_k·B_hB_hᵀ)."""
     if method == "folded":
-        macs = (dh + 16 * dh) / H + 2 * dh * r + r * r + 16 * r
+        macs = (dh + 16 * dh) / H + dh * r + (0 if scaled else dh * r + r * r) + 16 * r
     else:
         macs = dh * r + 16 * dh + 16 * r
     return int(2 * macs * tokens * H)
@@ -200,7 +205,7 @@ def rate(amount: float, milliseconds: float | None, digits: int) -> str:
 def print_table(env: dict, cells: list) -> None:
     read = env.get("read_bandwidth_bytes_per_s")
     print(f"\n{env['card']} · torch {env['torch']} · triton {env['triton']} · H={env['heads']} d_h={env['head_dim']} "
-          f"bf16 · copy {env['copy_bandwidth_bytes_per_s'] / 1e12:.3f} TB/s"
+          f"bf16{' · key scales cached' if env['args'].get('key_scales') else ''} · copy {env['copy_bandwidth_bytes_per_s'] / 1e12:.3f} TB/s"
           f"{f' · read {read / 1e12:.3f} TB/s' if read else ''} · times in ms")
     print(f"{'B':>3} {'T':>6} {'r':>4} {'floor':>8} {'fused':>8} {'÷floor':>7} {'÷read':>6} {'rebuilt':>8} {'folded':>8} "
           f"{'plain':>8} {'mha':>8} {'gqa4':>8} {'mha÷fused':>9} {'fused÷mha':>9} {'TB/s':>5} {'TF/s':>4}  best tiling")
@@ -208,7 +213,8 @@ def print_table(env: dict, cells: list) -> None:
         f = c["fused_ms"]
         by_read = f / c["read_floor_ms"] if f and c.get("read_floor_ms") else float("nan")
         method = ast.literal_eval(c["default_tiling"])[0]
-        flops = tensor_core_flops(method, c["B"] * c["T"], env["heads"], env["head_dim"], c["r"])
+        flops = tensor_core_flops(method, c["B"] * c["T"], env["heads"], env["head_dim"], c["r"],
+                                  env["args"].get("key_scales", False))
         print(f"{c['B']:>3} {c['T']:>6} {c['r']:>4} {c['floor_ms']:>8.4f} {ms(f):>8} "
               f"{f / c['floor_ms'] if f else float('nan'):>7.3f} {by_read:>6.2f} {ms(c.get('rebuilt_ms')):>8} "
               f"{ms(c.get('folded_ms')):>8} {ms(c.get('plain_ms')):>8} {c['mha_ms']:>8.4f} {c['gqa4_ms']:>8.4f} "
@@ -229,6 +235,7 @@ def main() -> None:
     parser.add_argument("--report", type=Path, help="reprint a results file's table with the current defaults")
     parser.add_argument("--candidates", choices=["all", "defaults"], default="all",
                         help="time every candidate tiling, or only the product's defaults (TILINGS)")
+    parser.add_argument("--key-scales", action="store_true", help="LRKV caches each key's 1/rms (spec key_scales)")
     parser.add_argument("--out-dir", type=Path, help="also write the JSON result here (after every cell)")
     args = parser.parse_args()
     if args.report:
@@ -257,7 +264,8 @@ def main() -> None:
             mha = time_sdpa(B, T, H, H, dh, device, gen)
             gqa = time_sdpa(B, T, H, 4, dh, device, gen)
             for r in args.ranks:
-                cell = time_lrkv(B, T, H, dh, r, device, gen, candidates, plain=not args.no_plain)
+                cell = time_lrkv(B, T, H, dh, r, device, gen, candidates, plain=not args.no_plain,
+                                 scales=args.key_scales)
                 cell.update(mha_ms=mha, gqa4_ms=gqa, floor_ms=cell["cache_bytes"] / bandwidth * 1e3,
                             read_floor_ms=cell["cache_bytes"] / read * 1e3)
                 cells.append(cell)

@@ -284,7 +284,13 @@ def mps(enabled: bool):
     try:
         yield servers
     finally:
-        ask = lambda command: subprocess.run([control], input=command + "\n", capture_output=True, text=True).stdout
+        def ask(command: str) -> str:  # bounded: the daemon may wait on clients that have not exited yet
+            try:
+                return subprocess.run([control], input=command + "\n", capture_output=True, text=True,
+                                      timeout=20).stdout
+            except subprocess.TimeoutExpired:
+                print(f"MPS control: no answer to {command!r} within 20 s", file=sys.stderr)
+                return ""
         servers.extend(ask("get_server_list").split())
         ask("quit")
 

@@ -2,7 +2,8 @@
 
 k_h = RMSNorm(x W_shared,k + (x U_k,h) B_k,hᵀ), then RoPE; v_h the same without norm and RoPE.
 The cache keeps K_shared, V_shared (T × d_h) and the latents R_k = x U_k, R_v = x U_v (T × H × r):
-2·(d_h + H·r) numbers per token. r = 0 is MQA; r = d_h can express MHA exactly.
+2·(d_h + H·r) numbers per token. r = 0 is MQA; r = d_h can express MHA exactly. With the spec's
+`key_scales` it also keeps each key's 1/rms (H numbers), so decode steps do not recompute norms.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 
 from .base import Attention
 from .cache import DecodeCache, masked_softmax
-from .ops import rms_norm, rope
+from .ops import EPS, rms_norm, rope
 from .spec import AttentionSpec
 
 RESIDUAL_SCALE = 0.1  # ‖U_h B_hᵀ‖_F at init, relative to ‖W_shared‖_F (the paper's recipe)
@@ -27,13 +28,21 @@ def reconstruct(shared: torch.Tensor, latent: torch.Tensor, up: torch.Tensor) ->
     return shared[:, :, None, :] + torch.einsum("bthr,hrd->bthd", latent, up)
 
 
+def key_scales(k_shared: torch.Tensor, r_k: torch.Tensor, k_up: torch.Tensor) -> torch.Tensor:
+    """1/rms of each rebuilt key (B, T, H), the factor RMSNorm applies (computed in fp32 or wider)."""
+    work = torch.promote_types(r_k.dtype, torch.float32)
+    k = reconstruct(k_shared.to(work), r_k.to(work), k_up.to(work))
+    return torch.rsqrt(k.square().mean(-1) + EPS)
+
+
 class LRKVCache(DecodeCache):
     """The compressed cache; per-head keys and values are rebuilt only inside `attend`."""
 
     @staticmethod
     def row_shapes(spec: AttentionSpec) -> dict[str, tuple[int, ...]]:
         H, r, dh = spec.n_heads, spec.rank, spec.head_dim
-        return {"k_shared": (dh,), "v_shared": (dh,), "r_k": (H, r), "r_v": (H, r)}
+        return {"k_shared": (dh,), "v_shared": (dh,), "r_k": (H, r), "r_v": (H, r)} | (
+            {"k_scale": (H,)} if spec.key_scales else {})
 
     def attend(self, q: torch.Tensor, k_up: torch.Tensor, v_up: torch.Tensor, full: bool = False) -> torch.Tensor:
         """Attention of q (B, H, dh), already normalised and rotated, over the cache: the fused Triton
@@ -44,7 +53,7 @@ class LRKVCache(DecodeCache):
         t = self.tensors
         return decode(q, t["k_shared"], t["v_shared"], t["r_k"], t["r_v"], k_up.to(t["r_k"].dtype).contiguous(),
                       v_up.contiguous(), self.lengths, norm=self.spec.qk_norm,
-                      rope_theta=self.spec.rope_theta)
+                      rope_theta=self.spec.rope_theta, k_scale=t.get("k_scale"))
 
     def attend_reference(self, q: torch.Tensor, k_up: torch.Tensor, v_up: torch.Tensor,
                          full: bool = False) -> torch.Tensor:
@@ -59,10 +68,12 @@ def attend_compressed(q: torch.Tensor, rows: dict[str, torch.Tensor], mask: torc
 
     Keys are rebuilt (R_k B_k + K_shared, norm, RoPE) as the model builds them; values use
     associativity, out_h = p·V_shared + (p·R_v,h) B_v,h, so per-head V is never formed.
-    rope_theta None skips RoPE.
+    rope_theta None skips RoPE. Rows holding "k_scale" (B, T, H) give the norm's 1/rms.
     """
     k = reconstruct(rows["k_shared"], rows["r_k"], k_up)
-    if norm:
+    if norm and "k_scale" in rows:
+        k = k * rows["k_scale"][..., None].to(k.dtype)
+    elif norm:
         k = rms_norm(k)
     if rope_theta is not None:
         k = rope(k, torch.arange(k.size(1), device=k.device), rope_theta)
@@ -140,5 +151,7 @@ class LowRankKVAttention(Attention):
     def decode(self, x: torch.Tensor, cache: LRKVCache) -> torch.Tensor:
         q, rows = self._project(x[:, None])
         q = rope(q, cache.lengths[:, None], self.spec.rope_theta)
+        if self.spec.key_scales:
+            rows["k_scale"] = key_scales(rows["k_shared"], rows["r_k"], self.k_up)
         cache.append(**{name: row[:, 0] for name, row in rows.items()})
         return self.project_out(cache.attend(q[:, 0], self.k_up, self.v_up))

@@ -49,6 +49,9 @@ class AttentionSpec:
     kv_latent_dim, rope_dim: MLA's latent d_c (default 4·head_dim) and decoupled RoPE dim d_r (default head_dim/2)
     qk_norm: RMSNorm on queries and (reconstructed) keys after projection. MLA normalises its latent
         instead, as DeepSeek-V2 does: a norm on reconstructed keys would defeat weight absorption.
+    key_scales: LRKV with qk_norm and r > 0 only: the decode cache also keeps each head's key 1/rms
+        (H more values per token), computed once when the token is appended, so a decode step does not
+        recompute every cached key's norm. Off by default: the paper's cache is 2·(d_h + H·r) values.
     """
 
     kind: Kind
@@ -61,6 +64,7 @@ class AttentionSpec:
     rope_dim: int | None = None
     qk_norm: bool = True
     rope_theta: float = 10000.0
+    key_scales: bool = False
 
     def __post_init__(self) -> None:
         def positive(name: str) -> None:
@@ -107,6 +111,10 @@ class AttentionSpec:
                     raise ConfigError(name, "unset unless kind is mla", getattr(self, name))
         if not self.rope_theta > 0:
             raise ConfigError("rope_theta", "a positive number", self.rope_theta)
+        if not isinstance(self.key_scales, bool):
+            raise ConfigError("key_scales", "true or false", self.key_scales)
+        if self.key_scales and not (self.kind == "lrkv" and self.qk_norm and self.rank > 0):
+            raise ConfigError("key_scales", "false unless kind is lrkv with qk_norm and rank > 0", self.key_scales)
 
     # -- shape helpers -------------------------------------------------------------------------
     def replace(self, **changes) -> AttentionSpec:
@@ -126,7 +134,7 @@ class AttentionSpec:
         """Numbers one layer caches per token."""
         H, dh = self.n_heads, self.head_dim
         if self.kind == "lrkv":
-            return 2 * (dh + H * self.rank)  # K_shared, V_shared, R_k, R_v
+            return 2 * (dh + H * self.rank) + H * self.key_scales  # K_shared, V_shared, R_k, R_v (, 1/rms)
         if self.kind == "mla":
             return self.kv_latent_dim + self.rope_dim  # c_kv and the shared RoPE key
         return 2 * self.n_kv_heads * dh
@@ -182,8 +190,8 @@ class AttentionSpec:
         H, dh, T = self.n_heads, self.head_dim, context
         if self.kind == "lrkv":
             r = self.rank
-            # B_k is not applied to the new token: it is applied to every cached R_k row instead.
-            return 2 * (self.params() - H * r * dh) + 2 * T * H * (r * dh + 2 * dh + r)
+            # B_k is applied to every cached R_k row, and to the new token only to cache its key's 1/rms.
+            return 2 * (self.params() - H * r * dh * (not self.key_scales)) + 2 * T * H * (r * dh + 2 * dh + r)
         if self.kind == "mla":
             dc, dr = self.kv_latent_dim, self.rope_dim
             return 2 * self.params() + 2 * T * H * (2 * dc + dr)

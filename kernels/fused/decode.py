@@ -16,6 +16,9 @@ merges the splits' online-softmax partials and applies B_v,h once. Two split ker
   per (token, head) is O(r), and the O(d_h) work (RoPE of K_shared, ‖K_shared‖²) is done once per token
   for the group. A prepare kernel builds M_h per (sequence, head), 2B_k,hᵀ and B_k,h B_k,hᵀ per head;
   the split programs stream those from L2 for every tile, which is what costs at large r.
+
+Given the keys' cached 1/rms (`k_scale`, a spec's `key_scales`), both kernels scale the logit by it and
+skip the norm's work: the sums of squares (rebuilt) or the norm's two products per head (folded).
 """
 from __future__ import annotations
 
@@ -121,12 +124,12 @@ def _prepare_kernel(Q, KUP, MQ, BT2, GRAM, sq_b, sq_h, sup_h, sup_r, n_heads,
 
 
 @triton.jit
-def _split_folded_kernel(Q, KS, VS, RK, RV, MQ, BT2, GRAM, LENGTHS, INV_FREQ, COS, SIN, M, L, ACC_S, ACC_R,
+def _split_folded_kernel(Q, KS, VS, RK, RV, KSC, MQ, BT2, GRAM, LENGTHS, INV_FREQ, COS, SIN, M, L, ACC_S, ACC_R,
                          sq_b, sq_h, sks_b, sks_t, svs_b, svs_t, srk_b, srk_t, srk_h, srv_b, srv_t, srv_h,
-                         split_len, n_splits, n_heads, qk_scale,
+                         ssc_b, ssc_t, split_len, n_splits, n_heads, qk_scale,
                          HEADS: tl.constexpr, HEADS_P: tl.constexpr,
                          HALF: tl.constexpr, HALF_P: tl.constexpr, R: tl.constexpr, R_P: tl.constexpr,
-                         BLOCK_T: tl.constexpr, NORM: tl.constexpr, ROPE: tl.constexpr,
+                         BLOCK_T: tl.constexpr, NORM: tl.constexpr, SCALED: tl.constexpr, ROPE: tl.constexpr,
                          DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, EPSILON: tl.constexpr):
     # One program streams a chunk of one sequence for a group of HEADS heads. Per-head tensors are
     # (BLOCK_T, HEADS_P) with one column per head, or (HEADS_P, ·) with one row per head.
@@ -174,7 +177,7 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, MQ, BT2, GRAM, LENGTHS, INV_FREQ, CO
             kr1, kr2 = ks1, ks2
         s = _mma(kr1.to(op), q1, tl.zeros((BLOCK_T, HEADS_P), tl.float32), DOT_FP32, PRECISION)
         s = _mma(kr2.to(op), q2, s, DOT_FP32, PRECISION)  # q·RoPE(K_shared) for every head of the group
-        if NORM:
+        if NORM and not SCALED:
             sq = tl.zeros((BLOCK_T, HEADS_P), tl.float32) + tl.sum(ks1 * ks1 + ks2 * ks2, axis=1)[:, None]
         if R > 0:  # ranks below 16 ride zero-padded on the tensor cores (the padding adds exact zeros)
             cos_op = cos_t.to(op)
@@ -191,7 +194,7 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, MQ, BT2, GRAM, LENGTHS, INV_FREQ, CO
                     w = _mma(sin_op, tl.load(mq + HALF * R, mask=mr_ok, other=0.0), w, DOT_FP32, PRECISION)
                 rk32 = rk.to(tl.float32)
                 s = tl.where(offs_h[None, :] == j, s + tl.sum(rk32 * w, axis=1)[:, None], s)
-                if NORM:
+                if NORM and not SCALED:
                     bt = BT2 + (h * 2 * HALF + offs_d[:, None]) * R + offs_r[None, :]
                     n = _mma(ks1_raw, tl.load(bt, mask=mr_ok, other=0.0), tl.zeros((BLOCK_T, R_P), tl.float32),
                              DOT_FP32, PRECISION)
@@ -200,7 +203,10 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, MQ, BT2, GRAM, LENGTHS, INV_FREQ, CO
                                    mask=r_ok[:, None] & r_ok[None, :], other=0.0)
                     n = _mma(rk, gram, n, DOT_FP32, PRECISION)
                     sq = tl.where(offs_h[None, :] == j, sq + tl.sum(rk32 * n, axis=1)[:, None], sq)
-        if NORM:
+        if SCALED:
+            s *= tl.load(KSC + b * ssc_b + t[:, None] * ssc_t + (h0 + offs_h)[None, :],
+                         mask=t_ok[:, None] & h_ok[None, :], other=0.0).to(tl.float32)
+        elif NORM:
             s *= tl.rsqrt(sq / (2 * HALF) + EPSILON)
         s = tl.where(t_ok[:, None], s * qk_scale, float("-inf"))
 
@@ -218,12 +224,12 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, MQ, BT2, GRAM, LENGTHS, INV_FREQ, CO
 
 
 @triton.jit
-def _split_rebuilt_kernel(Q, KS, VS, RK, RV, KUP, LENGTHS, INV_FREQ, COS, SIN, M, L, ACC_S, ACC_R,
+def _split_rebuilt_kernel(Q, KS, VS, RK, RV, KSC, KUP, LENGTHS, INV_FREQ, COS, SIN, M, L, ACC_S, ACC_R,
                           sq_b, sq_h, sks_b, sks_t, svs_b, svs_t, srk_b, srk_t, srk_h, srv_b, srv_t, srv_h,
-                          sup_h, sup_r, split_len, n_splits, n_heads, qk_scale,
+                          ssc_b, ssc_t, sup_h, sup_r, split_len, n_splits, n_heads, qk_scale,
                           HEADS: tl.constexpr, HEADS_P: tl.constexpr,
                           HALF: tl.constexpr, HALF_P: tl.constexpr, R: tl.constexpr, R_P: tl.constexpr,
-                          BLOCK_T: tl.constexpr, NORM: tl.constexpr, ROPE: tl.constexpr,
+                          BLOCK_T: tl.constexpr, NORM: tl.constexpr, SCALED: tl.constexpr, ROPE: tl.constexpr,
                           DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, EPSILON: tl.constexpr):
     # The key tile is rebuilt per head (R_k tile @ B_k,h on the tensor cores, plus K_shared); RoPE
     # enters as a query rotated per row and the norm as a logit scale: O(d_h) elementwise work per
@@ -286,7 +292,9 @@ def _split_rebuilt_kernel(Q, KS, VS, RK, RV, KUP, LENGTHS, INV_FREQ, COS, SIN, M
                 s = tl.sum(k1 * qa + k2 * qb, axis=1)
             else:
                 s = tl.sum(k1 * q1[None, :] + k2 * q2[None, :], axis=1)
-            if NORM:
+            if SCALED:
+                s *= tl.load(KSC + b * ssc_b + t * ssc_t + h, mask=t_ok, other=0.0).to(tl.float32)
+            elif NORM:
                 s *= tl.rsqrt(tl.sum(k1 * k1 + k2 * k2, axis=1) / (2 * HALF) + EPSILON)
             s = tl.where(t_ok, s * qk_scale, float("-inf"))
             s_all = tl.where(offs_h[None, :] == j, s[:, None], s_all)
@@ -393,7 +401,7 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
            norm: bool, rope_theta: float | None, method: str | None = None, block_t: int | None = None,
            num_warps: int | None = None, num_stages: int | None = None, min_tiles: int | None = None,
            waves: int | None = None, splits: int | None = None, heads_per_program: int | None = None,
-           out: torch.Tensor | None = None) -> torch.Tensor:
+           k_scale: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """Attention output (B, H, d_h) of q (B, H, d_h), already normalised and rotated, over an LRKV cache.
 
     k_shared, v_shared: (B, T_max, d_h); r_k, r_v: (B, T_max, H, r); k_up, v_up: (H, r, d_h);
@@ -403,6 +411,7 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
     `splits` fixes the number of sequence chunks (by default: `waves` programs per multiprocessor, so
     enough loads are in flight, each streaming at least `min_tiles` tiles of `block_t` tokens);
     `heads_per_program` heads share one program (a divisor of H at most this; None: all, at most 16);
+    `k_scale` (B, T_max, H), the keys' cached 1/rms, stands in for computing the norm (norm=True only);
     `out`, if given, receives the result.
     """
     B, H, dh = q.shape
@@ -411,11 +420,14 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
         raise ValueError(f"q: expected an even head dim, got {dh}")
     for name, t, shape in (("k_shared", k_shared, (B, T_max, dh)), ("v_shared", v_shared, (B, T_max, dh)),
                            ("r_k", r_k, (B, T_max, H, r)), ("r_v", r_v, (B, T_max, H, r)),
-                           ("k_up", k_up, (H, r, dh)), ("v_up", v_up, (H, r, dh)), ("lengths", lengths, (B,))):
+                           ("k_up", k_up, (H, r, dh)), ("v_up", v_up, (H, r, dh)), ("lengths", lengths, (B,)),
+                           *([("k_scale", k_scale, (B, T_max, H))] if k_scale is not None else [])):
         if tuple(t.shape) != shape:
             raise ValueError(f"{name}: expected shape {shape}, got {tuple(t.shape)}")
         if t.numel() and t.stride(-1) != 1:
             raise ValueError(f"{name}: expected a unit stride in its last dim")
+    if k_scale is not None and not norm:
+        raise ValueError("k_scale: expected None when norm is False")
     method = method or logit_method(B, T_max, r)
     if method not in ("folded", "rebuilt"):
         raise ValueError(f"method: expected 'folded' or 'rebuilt', got {method!r}")
@@ -444,8 +456,10 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
     out = torch.empty_like(q) if out is None else out
     common = (q.stride(0), q.stride(1), k_shared.stride(0), k_shared.stride(1), v_shared.stride(0),
               v_shared.stride(1), r_k.stride(0), r_k.stride(1), r_k.stride(2), r_v.stride(0), r_v.stride(1),
-              r_v.stride(2))
-    consts = dict(HEADS=heads, HEADS_P=dot_tile(heads), BLOCK_T=block_t, NORM=norm, ROPE=rope_theta is not None,
+              r_v.stride(2), *(k_scale.stride()[:2] if k_scale is not None else (0, 0)))
+    scales = r_k if k_scale is None else k_scale  # any tensor stands in for an absent pointer
+    consts = dict(HEADS=heads, HEADS_P=dot_tile(heads), BLOCK_T=block_t, NORM=norm, SCALED=k_scale is not None,
+                  ROPE=rope_theta is not None,
                   PRECISION="ieee" if wide else None, EPSILON=EPS, num_warps=num_warps, num_stages=num_stages, **meta)
     grid = (n_groups, n_splits, B)
     if method == "folded":
@@ -457,12 +471,12 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
             _prepare_kernel[(H, B)](q, k_up, mq, bt2, gram, q.stride(0), q.stride(1), k_up.stride(0),
                                     k_up.stride(1), H, **meta)
         _split_folded_kernel[grid](
-            q, k_shared, v_shared, r_k, r_v, mq, bt2, gram, lengths, inv_freq, cos_off, sin_off, m, l, acc_s,
+            q, k_shared, v_shared, r_k, r_v, scales, mq, bt2, gram, lengths, inv_freq, cos_off, sin_off, m, l, acc_s,
             acc_r, *common, split_len, n_splits, H, dh ** -0.5 * LOG2E,
             DOT_FP32=interpreted(_split_folded_kernel) and not wide, **consts)
     else:
         _split_rebuilt_kernel[grid](
-            q, k_shared, v_shared, r_k, r_v, k_up, lengths, inv_freq, cos_off, sin_off, m, l, acc_s, acc_r,
+            q, k_shared, v_shared, r_k, r_v, scales, k_up, lengths, inv_freq, cos_off, sin_off, m, l, acc_s, acc_r,
             *common, k_up.stride(0), k_up.stride(1), split_len, n_splits, H, dh ** -0.5 * LOG2E,
             DOT_FP32=interpreted(_split_rebuilt_kernel) and r_k.dtype == torch.bfloat16, **consts)
     _reduce_kernel[(H, B)](m, l, acc_s, acc_r, v_up, lengths, out, out.stride(0), out.stride(1),

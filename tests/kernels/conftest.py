@@ -18,6 +18,7 @@ SPECS = {
     "lrkv0": AttentionSpec("lrkv", 64, 4, rank=0),
     "lrkv4": AttentionSpec("lrkv", 64, 4, rank=4),
     "lrkv16": AttentionSpec("lrkv", 64, 4, rank=16),
+    "lrkv16_scales": AttentionSpec("lrkv", 64, 4, rank=16, key_scales=True),
     "lrkv_nonorm": AttentionSpec("lrkv", 48, 3, head_dim=20, rank=6, qk_norm=False),
 }
 

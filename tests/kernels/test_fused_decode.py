@@ -4,7 +4,7 @@ import torch
 
 from lrkv.kernels import AttentionSpec, build_attention
 from lrkv.kernels.fused.decode import decode, logit_method
-from lrkv.kernels.lrkv import attend_compressed
+from lrkv.kernels.lrkv import attend_compressed, key_scales
 
 THETA = 10000.0
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # on the CPU the kernel runs interpreted
@@ -37,6 +37,12 @@ def run(q, rows, k_up, v_up, lengths, norm, rope_theta, **tiles):
     decode(q, rows["k_shared"], rows["v_shared"], rows["r_k"], rows["r_v"], k_up, v_up, lengths,
            norm=norm, rope_theta=rope_theta, out=out, **tiles)
     return out
+
+
+def with_key_scales(rows, k_up):
+    """The rows plus each key's 1/rms, as a key_scales cache holds it (NaN past a length, like the rest)."""
+    scales = key_scales(rows["k_shared"], rows["r_k"], k_up).to(rows["r_k"].dtype)
+    return rows | {"k_scale": scales}
 
 
 METHODS = ["folded", "rebuilt"]
@@ -84,9 +90,35 @@ def test_bf16_within_tolerance(method):
     assert ((out.double() - expected).norm() / expected.norm()) < 1e-2
 
 
-def test_layer_decode_through_kernel_matches_forward(monkeypatch):
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dh,r,dtype", [(32, 4, torch.float32), (32, 16, torch.float32), (64, 64, torch.float32),
+                                        (32, 16, torch.bfloat16)])
+def test_cached_key_scales_stand_in_for_the_norm(dh, r, dtype, method):
+    """Scaling logits by the cached 1/rms gives the answer of computing each key's norm (fp64 reference,
+    which computes the norm itself); the cache's NaN slots stay unread."""
+    q, rows, k_up, v_up, lengths = compressed_cache(3, 48, 4, dh, r, [48, 7, 30], seed=r + 1, dtype=dtype)
+    scaled = with_key_scales(rows, k_up)
+    out = torch.full_like(q, float("nan"))
+    decode(q, rows["k_shared"], rows["v_shared"], rows["r_k"], rows["r_v"], k_up, v_up, lengths, norm=True,
+           rope_theta=THETA, method=method, block_t=16, splits=2, k_scale=scaled["k_scale"], out=out)
+    expected = reference(q, rows, k_up, v_up, lengths, True, THETA)
+    if dtype == torch.float32:
+        torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)
+    else:
+        assert ((out.double() - expected).norm() / expected.norm()) < 1e-2
+
+
+def test_key_scales_without_norm_are_refused():
+    q, rows, k_up, v_up, lengths = compressed_cache(2, 8, 4, 32, 16, [8, 8], seed=0)
+    with pytest.raises(ValueError, match="k_scale: expected None when norm is False"):
+        decode(q, rows["k_shared"], rows["v_shared"], rows["r_k"], rows["r_v"], k_up, v_up, lengths,
+               norm=False, rope_theta=THETA, k_scale=with_key_scales(rows, k_up)["k_scale"])
+
+
+@pytest.mark.parametrize("key_scales", [False, True], ids=["norms", "key-scales"])
+def test_layer_decode_through_kernel_matches_forward(monkeypatch, key_scales):
     """An LRKV layer decoding token by token through the kernel reproduces its training forward."""
-    spec = AttentionSpec("lrkv", 64, 4, rank=16)
+    spec = AttentionSpec("lrkv", 64, 4, rank=16, key_scales=key_scales)
     torch.manual_seed(0)
     layer = build_attention(spec).to(DEVICE)
     x = torch.randn(2, 9, 64, device=DEVICE)
