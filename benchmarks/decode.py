@@ -49,9 +49,9 @@ CANDIDATES = [("rebuilt", *TILINGS["rebuilt"]), ("folded", *TILINGS["folded"]), 
               ("folded", 64, 4, 3, 2, 16, 8), ("folded", 128, 8, 2, 2, 4, None)]
 
 
-def product_tiling(B: int, T: int, r: int) -> tuple:
-    method = logit_method(B, T, r)
-    return (method, *default_tiling(method, r))
+def product_tiling(B: int, T: int, r: int, scaled: bool = False) -> tuple:
+    method = logit_method(B, T, r, scaled)
+    return (method, *default_tiling(method, r, scaled))
 
 
 def read_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> float:
@@ -141,7 +141,7 @@ def time_lrkv(B, T, H, dh, r, device, gen, tilings, plain: bool, scales: bool = 
     for tiling in tilings:
         by_tiling[str(tiling)] = graph_ms(lambda i: fused(q, stock[i], k_up, v_up, lengths, tiling, out=out), copies)
     cell["fused_ms_by_tiling"] = by_tiling
-    with_defaults(cell)
+    with_defaults(cell, scales)
     if plain:
         mask = torch.ones(B, T, dtype=torch.bool, device=device)
         try:
@@ -168,11 +168,11 @@ def time_sdpa(B, T, H, kv_heads, dh, device, gen) -> float:
     return ms
 
 
-def with_defaults(cell: dict) -> dict:
+def with_defaults(cell: dict, scaled: bool) -> dict:
     """fused_ms: the product's choice (method and its default tiling) for the cell; best_ms: the fastest candidate."""
     by_tiling = cell["fused_ms_by_tiling"]
     best = min(by_tiling, key=by_tiling.get)
-    chosen = str(product_tiling(cell["B"], cell["T"], cell["r"]))
+    chosen = str(product_tiling(cell["B"], cell["T"], cell["r"], scaled))
     cell.update(fused_ms=by_tiling.get(chosen), default_tiling=chosen, best_ms=by_tiling[best], best_tiling=best)
     for method in ("rebuilt", "folded"):
         cell[f"{method}_ms"] = min((ms for t, ms in by_tiling.items() if ast.literal_eval(t)[0] == method), default=None)
@@ -240,7 +240,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.report:
         result = json.loads(args.report.read_text())
-        print_table(result["env"], [with_defaults(c) for c in result["cells"]])
+        scaled = result["env"]["args"].get("key_scales", False)
+        print_table(result["env"], [with_defaults(c, scaled) for c in result["cells"]])
         return
     device = torch.device("cuda")
     gen = torch.Generator(device=device).manual_seed(0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
@@ -13,10 +14,23 @@ def write(name: str, payload: dict, out_dir: Path | None = None) -> Path:
     """Write `payload` as results/<name> (and out_dir/<name>); returns the results path."""
     for folder in {RESULTS, *([out_dir] if out_dir else [])}:
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_text(json.dumps(payload, indent=1, default=str) + "\n")
+        (folder / name).write_text(json.dumps(placeless(payload), indent=1, default=str) + "\n")
     return RESULTS / name
 
 
 def arguments(args: argparse.Namespace) -> dict:
     """A run's arguments as recorded: all but the output folder, which names a place on one machine."""
     return {k: v for k, v in vars(args).items() if k != "out_dir"}
+
+
+def placeless(value):
+    """`value` with every string under this machine's temporary folder written as $TMPDIR/…: a result
+    names no place on the machine that measured it."""
+    if isinstance(value, dict):
+        return {k: placeless(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [placeless(v) for v in value]
+    if isinstance(value, (str, Path)):
+        text, tmp = str(value), tempfile.gettempdir().rstrip("/") + "/"
+        return "$TMPDIR/" + text[len(tmp):] if text.startswith(tmp) else value
+    return value

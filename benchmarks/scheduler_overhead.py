@@ -424,8 +424,17 @@ def environment(card: str) -> dict:
     import mlflow
     return {"card": card, "torch": torch.__version__, "ray": ray.__version__, "optuna": optuna.__version__,
             "mlflow": mlflow.__version__, "python": platform.python_version(), "cpus": os.cpu_count(),
-            "host": platform.node(), "date": time.strftime("%Y-%m-%d"), "lrkv_source": driver_module.__file__,
+            "host": platform.node(), "date": time.strftime("%Y-%m-%d"), "lrkv_source": source_of(driver_module.__file__),
             "lrkv_commit": os.environ.get("LRKV_SOURCE_COMMIT")}
+
+
+def source_of(path: str) -> str:
+    """Where the measured code came from, without naming a machine's folders: this tree or an installed copy."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        return Path(path).resolve().relative_to(repo).as_posix()
+    except ValueError:
+        return "installed copy (see lrkv_commit)"
 
 
 def main() -> None:

@@ -380,20 +380,22 @@ def _sm_count(device: torch.device) -> int:
 
 # Tilings (block_t, num_warps, num_stages, min_tiles, waves, heads_per_program): the fastest of
 # benchmarks/decode.py's candidates on an H100 (benchmarks/NOTES.md). The folded kernel takes wider
-# tiles from r > 32 on, so the per-head matrices it streams are amortised over more tokens.
+# tiles from r > 32 on, so the per-head matrices it streams are amortised over more tokens; with cached
+# key scales it streams one matrix per head instead of three, and wide tiles pay only from r > 64 (H200).
 TILINGS = {"rebuilt": (32, 2, 2, 4, 32, 1), "folded": (64, 4, 3, 2, 8, None), "folded-wide": (128, 8, 3, 2, 8, None)}
 
 
-def logit_method(batch: int, max_len: int, rank: int) -> str:
-    """The split kernel for a shape: folded while its per-head matrices stay small (r ≤ 64) and the
-    batch holds enough tokens to fill the card (B·T ≥ 32K, or 16K at r ≤ 16, where folded was 15 % faster
-    on an H100 and an H200); else keys rebuilt, one head per program."""
+def logit_method(batch: int, max_len: int, rank: int, scaled: bool = False) -> str:
+    """The split kernel for a shape: folded while its per-head matrices stay small (r ≤ 64, any r with
+    cached key scales) and the batch holds enough tokens to fill the card (B·T ≥ 32K, or 16K at r ≤ 16,
+    where folded was 15 % faster on an H100 and an H200); else keys rebuilt, one head per program."""
     tokens = batch * max_len
-    return "folded" if (rank <= 64 and tokens >= 32768) or (rank <= 16 and tokens >= 16384) else "rebuilt"
+    small = rank <= 64 or scaled
+    return "folded" if (small and tokens >= 32768) or (rank <= 16 and tokens >= 16384) else "rebuilt"
 
 
-def default_tiling(method: str, rank: int) -> tuple:
-    return TILINGS["folded-wide" if method == "folded" and rank > 32 else method]
+def default_tiling(method: str, rank: int, scaled: bool = False) -> tuple:
+    return TILINGS["folded-wide" if method == "folded" and rank > (64 if scaled else 32) else method]
 
 
 def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k: torch.Tensor,
@@ -428,12 +430,13 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
             raise ValueError(f"{name}: expected a unit stride in its last dim")
     if k_scale is not None and not norm:
         raise ValueError("k_scale: expected None when norm is False")
-    method = method or logit_method(B, T_max, r)
+    scaled = k_scale is not None
+    method = method or logit_method(B, T_max, r, scaled)
     if method not in ("folded", "rebuilt"):
         raise ValueError(f"method: expected 'folded' or 'rebuilt', got {method!r}")
     given = (block_t, num_warps, num_stages, min_tiles, waves, heads_per_program)
     block_t, num_warps, num_stages, min_tiles, waves, heads_per_program = (
-        d if v is None else v for v, d in zip(given, default_tiling(method, r)))
+        d if v is None else v for v, d in zip(given, default_tiling(method, r, scaled)))
 
     half = dh // 2
     heads = max(d for d in range(1, min(heads_per_program or 16, H) + 1) if H % d == 0)  # a divisor of H
@@ -458,7 +461,7 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
               v_shared.stride(1), r_k.stride(0), r_k.stride(1), r_k.stride(2), r_v.stride(0), r_v.stride(1),
               r_v.stride(2), *(k_scale.stride()[:2] if k_scale is not None else (0, 0)))
     scales = r_k if k_scale is None else k_scale  # any tensor stands in for an absent pointer
-    consts = dict(HEADS=heads, HEADS_P=dot_tile(heads), BLOCK_T=block_t, NORM=norm, SCALED=k_scale is not None,
+    consts = dict(HEADS=heads, HEADS_P=dot_tile(heads), BLOCK_T=block_t, NORM=norm, SCALED=scaled,
                   ROPE=rope_theta is not None,
                   PRECISION="ieee" if wide else None, EPSILON=EPS, num_warps=num_warps, num_stages=num_stages, **meta)
     grid = (n_groups, n_splits, B)
