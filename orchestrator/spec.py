@@ -128,6 +128,7 @@ class Space(Strict):
     sizes: list[Size] = Field(min_length=1)
     rank: RankSpace
     lr: float | LrSpace | None = None  # None: the train section's lr
+    key_scales: bool = False  # LRKV trials at r > 0 cache each key's 1/rms (kernels.spec.AttentionSpec)
 
     @field_validator("sizes")
     @classmethod
@@ -303,6 +304,8 @@ class SweepSpec(Strict):
             attention["head_dim"] = size.head_dim
         if variant == "lrkv":
             attention["rank"] = rank
+            if self.space.key_scales and rank > 0:
+                attention["key_scales"] = True
         elif variant.startswith("gqa"):
             attention |= {"kind": "gqa", "n_kv_heads": int(variant[3:])}
         return attention
@@ -328,6 +331,8 @@ class SweepSpec(Strict):
     def digest(self) -> str:
         """Stable hash of the spec (storage locations aside): same digest, same sweep."""
         body = self.model_dump(exclude={"storage"}, mode="json")
+        if not body["space"]["key_scales"]:  # added later: a spec that leaves it off keeps its digest
+            del body["space"]["key_scales"]
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
 
 

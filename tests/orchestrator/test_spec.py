@@ -76,6 +76,7 @@ BAD = [
     ("objectives", {"val_bpb": "min", "params": "down"}, "objectives.params"),   # bad direction
     ("objectives", ["val_bpb", "params"], "objectives"),
     ("objectives", DELETE, "objectives"),
+    ("space.key_scales", "sometimes", "space.key_scales"),
     # space.sizes
     ("space.sizes", [], "space.sizes"),
     ("space.sizes", [SIZES[0], {**SIZES[1], "name": "d64"}], "space.sizes"),     # duplicate names
@@ -304,6 +305,19 @@ def test_fraction_ranks_scale_with_the_size(base):
     assert spec.trial_config("d64", "mha", 0.5, None).model.attention.rank == 0
 
 
+def test_key_scales_reach_lrkv_trials_with_a_residual():
+    """space.key_scales gives LRKV trials at r > 0 the key-scale cache (priced in their cache bytes); r = 0
+    and the baselines have no per-head key norm to cache and keep their own cache."""
+    spec = load_spec(QUICKSTART)
+    scaled = spec.model_copy(update={"space": spec.space.model_copy(update={"key_scales": True})})
+    lrkv = scaled.trial_config("d128", "lrkv", 0.5, None).model.attention
+    plain = spec.trial_config("d128", "lrkv", 0.5, None).model.attention
+    assert lrkv.key_scales and not plain.key_scales
+    assert lrkv.kv_cache_bytes_per_token() == plain.kv_cache_bytes_per_token() + lrkv.n_heads * 2
+    assert not scaled.trial_config("d128", "lrkv", 0.0, None).model.attention.key_scales
+    assert not scaled.trial_config("d128", "mqa", 0.5, None).model.attention.key_scales
+
+
 def test_trial_config_takes_budget_tokens_and_lr_override():
     spec = load_spec(QUICKSTART)
     trial = spec.trial_config("d128", "lrkv", 0.25, None)
@@ -375,7 +389,7 @@ def test_digest_is_stable(base, tmp_path):
     ("budget.trials", 17), ("budget.tokens_per_trial", 2 * 393216), ("space.rank", {"fractions": [0.0, 0.5]}),
     ("baselines", ["mha"]), ("objectives", {"val_bpb": "min", "params": "min"}), ("sampler.seed", 1),
     ("pruning.margin", 0.1), ("data.seq_len", 128), ("train.lr", 0.02), ("space.lr", {"low": 1e-3, "high": 1e-2}),
-    ("seed", 1), ("name", "other"),
+    ("seed", 1), ("name", "other"), ("space.key_scales", True),
 ])
 def test_digest_changes_with_the_search(base, path, value):
     assert parse_spec(edited(base, path, value)).digest() != parse_spec(base).digest()
