@@ -386,11 +386,12 @@ TILINGS = {"rebuilt": (32, 2, 2, 4, 32, 1), "folded": (64, 4, 3, 2, 8, None), "f
 
 
 def logit_method(batch: int, max_len: int, rank: int, scaled: bool = False) -> str:
-    """The split kernel for a shape: folded while its per-head matrices stay small (r ≤ 64, any r with
-    cached key scales) and the batch holds enough tokens to fill the card (B·T ≥ 32K, or 16K at r ≤ 16,
-    where folded was 15 % faster on an H100 and an H200); else keys rebuilt, one head per program."""
+    """The split kernel for a shape: folded while its per-head matrices stay small (r ≤ 64) and the
+    batch holds enough tokens to fill the card (B·T ≥ 32K, or 16K at r ≤ 16, where folded was 15 % faster
+    on an H100 and an H200); with cached key scales also above r = 64 from 64K tokens (H200: rebuilt won
+    at 32K tokens, a tie at 64K, folded 1.3× faster from 256K). Else keys rebuilt, one head per program."""
     tokens = batch * max_len
-    small = rank <= 64 or scaled
+    small = rank <= 64 or (scaled and tokens >= 65536)
     return "folded" if (small and tokens >= 32768) or (rank <= 16 and tokens >= 16384) else "rebuilt"
 
 

@@ -138,7 +138,7 @@ def test_method_follows_the_measured_crossover():
     assert logit_method(8, 2048, 32) == logit_method(1, 8192, 16) == logit_method(8, 32768, 128) == "rebuilt"
     # With cached key scales folded streams one matrix per head, and wins at r = 128 too (H200 grid).
     assert logit_method(8, 32768, 128, scaled=True) == "folded"
-    assert logit_method(1, 8192, 128, scaled=True) == "rebuilt"
+    assert logit_method(1, 32768, 128, scaled=True) == logit_method(1, 8192, 64, scaled=True) == "rebuilt"
 
 
 def test_shape_mismatch_names_the_argument():
