@@ -57,6 +57,7 @@ def cache(
     rank: int = typer.Option(0, help="LRKV residual rank r."),
     kv_latent_dim: int | None = typer.Option(None, help="MLA latent d_c (default 4·d_h)."),
     rope_dim: int | None = typer.Option(None, help="MLA decoupled RoPE dim d_r (default d_h/2)."),
+    key_scales: bool = typer.Option(False, "--key-scales", help="LRKV also caches each key's 1/rms (H values)."),
     batch: int = typer.Option(1, min=1, help="Sequences."),
     context: int = typer.Option(4096, min=1, help="Tokens per sequence."),
     dtype: str = typer.Option("bf16", help=f"Cache dtype: {', '.join(DTYPES)}."),
@@ -66,13 +67,14 @@ def cache(
     if dtype not in DTYPES:
         raise ConfigError("--dtype", f"one of {', '.join(DTYPES)}", dtype)
     spec = AttentionSpec(kind, d_model or n_heads * head_dim, n_heads, head_dim, n_kv_heads, rank,
-                         kv_latent_dim, rope_dim)
+                         kv_latent_dim, rope_dim, key_scales=key_scales)
     item = DTYPES[dtype]
     per_token = spec.cache_values_per_token() * n_layers * item
     mha = spec.mha_equivalent().cache_values_per_token() * n_layers * item
     result = {
         "kind": spec.kind, "label": spec.label, "dtype": dtype, "n_layers": n_layers,
         "n_heads": n_heads, "head_dim": spec.head_dim, "n_kv_heads": spec.n_kv_heads, "rank": spec.rank,
+        "key_scales": spec.key_scales,
         "values_per_token_per_layer": spec.cache_values_per_token(),
         "bytes_per_token_per_layer": spec.cache_values_per_token() * item,
         "bytes_per_token": per_token, "batch": batch, "context": context,

@@ -24,6 +24,15 @@ def test_cache_calculator_matches_the_paper_formula():
     assert result["ratio_vs_mha"] == 0.5625
 
 
+def test_cache_calculator_counts_cached_key_scales():
+    done = lrkv("cache", "--kind", "lrkv", "--n-layers", "24", "--n-heads", "16", "--head-dim", "128",
+                "--rank", "64", "--key-scales", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["key_scales"] is True
+    assert result["bytes_per_token"] == 24 * (2 * (128 + 16 * 64) + 16) * 2
+
+
 def test_cache_table_and_totals():
     done = lrkv("cache", "--kind", "gqa", "--n-kv-heads", "4", "--n-layers", "2", "--n-heads", "16",
                 "--head-dim", "128", "--batch", "8", "--context", "1024", "--json")
@@ -39,6 +48,7 @@ def test_cache_table_and_totals():
     (["cache", "--kind", "bogus"], "kind"),
     (["cache", "--rank", "200"], "rank"),
     (["cache", "--dtype", "int3"], "--dtype"),
+    (["cache", "--kind", "mha", "--key-scales"], "key_scales"),
     (["train", "--n-heads", "5"], "model.attention.n_heads"),
     (["train", "--rank", "33"], "model.attention.rank"),
     (["train", "--kind", "mqa", "--rank", "4"], "model.attention.rank"),

@@ -9,7 +9,8 @@ from lrkv.workers.train import train
 from .conftest import tiny_trial
 
 SPECS = [AttentionSpec("mha", 64, 4), AttentionSpec("gqa", 64, 4, n_kv_heads=2), AttentionSpec("mqa", 64, 4),
-         AttentionSpec("mla", 64, 4, kv_latent_dim=24, rope_dim=8), AttentionSpec("lrkv", 64, 4, rank=8)]
+         AttentionSpec("mla", 64, 4, kv_latent_dim=24, rope_dim=8), AttentionSpec("lrkv", 64, 4, rank=8),
+         AttentionSpec("lrkv", 64, 4, rank=8, key_scales=True)]
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=[s.kind for s in SPECS])
