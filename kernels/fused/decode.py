@@ -95,7 +95,8 @@ def _store_partials(M, L, ACC_S, ACC_R, m, l, acc1, acc2, acc_r, b, n_heads, h0,
 
 @triton.jit
 def _prepare_kernel(Q, KUP, MQ, BT2, GRAM, sq_b, sq_h, sup_h, sup_r, n_heads,
-                    HALF: tl.constexpr, HALF_P: tl.constexpr, R: tl.constexpr, R_P: tl.constexpr):
+                    HALF: tl.constexpr, HALF_P: tl.constexpr, R: tl.constexpr, R_P: tl.constexpr,
+                    NORM_FACTORS: tl.constexpr):
     # M_h = [M_cos; M_sin] (d_h × r) with q_h folded into B_k,h, from q·R_t(x) for x = r B_k,h:
     # M_cos[i, j] = q1_i B1_ji + q2_i B2_ji and M_sin[i, j] = q2_i B1_ji - q1_i B2_ji (half-split RoPE).
     h, b = tl.program_id(0), tl.program_id(1)
@@ -113,7 +114,7 @@ def _prepare_kernel(Q, KUP, MQ, BT2, GRAM, sq_b, sq_h, sup_h, sup_r, n_heads,
     mq = MQ + ((b * n_heads + h) * 2 * HALF + offs_d[:, None]) * R + offs_r[None, :]
     tl.store(mq, (q1 * b1 + q2 * b2).to(MQ.dtype.element_ty), mask=dr_ok)
     tl.store(mq + HALF * R, (q2 * b1 - q1 * b2).to(MQ.dtype.element_ty), mask=dr_ok)
-    if b == 0:  # the per-head factors of the norm, shared by every sequence
+    if NORM_FACTORS and b == 0:  # the per-head factors of the norm, shared by every sequence
         bt = BT2 + (h * 2 * HALF + offs_d[:, None]) * R + offs_r[None, :]
         tl.store(bt, (2 * b1).to(BT2.dtype.element_ty), mask=dr_ok)
         tl.store(bt + HALF * R, (2 * b2).to(BT2.dtype.element_ty), mask=dr_ok)
@@ -473,7 +474,7 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
         gram = torch.empty(H, max(r, 1), max(r, 1), device=q.device, dtype=r_k.dtype)
         if r > 0:
             _prepare_kernel[(H, B)](q, k_up, mq, bt2, gram, q.stride(0), q.stride(1), k_up.stride(0),
-                                    k_up.stride(1), H, **meta)
+                                    k_up.stride(1), H, NORM_FACTORS=norm and not scaled, **meta)
         _split_folded_kernel[grid](
             q, k_shared, v_shared, r_k, r_v, scales, mq, bt2, gram, lengths, inv_freq, cos_off, sin_off, m, l, acc_s,
             acc_r, *common, split_len, n_splits, H, dh ** -0.5 * LOG2E,

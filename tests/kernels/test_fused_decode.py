@@ -39,10 +39,9 @@ def run(q, rows, k_up, v_up, lengths, norm, rope_theta, **tiles):
     return out
 
 
-def with_key_scales(rows, k_up):
-    """The rows plus each key's 1/rms, as a key_scales cache holds it (NaN past a length, like the rest)."""
-    scales = key_scales(rows["k_shared"], rows["r_k"], k_up).to(rows["r_k"].dtype)
-    return rows | {"k_scale": scales}
+def cached_key_scales(rows, k_up):
+    """Each key's 1/rms as a key_scales cache holds it (NaN past a length, like the rest of the rows)."""
+    return key_scales(rows["k_shared"], rows["r_k"], k_up).to(rows["r_k"].dtype)
 
 
 METHODS = ["folded", "rebuilt"]
@@ -97,10 +96,9 @@ def test_cached_key_scales_stand_in_for_the_norm(dh, r, dtype, method):
     """Scaling logits by the cached 1/rms gives the answer of computing each key's norm (fp64 reference,
     which computes the norm itself); the cache's NaN slots stay unread."""
     q, rows, k_up, v_up, lengths = compressed_cache(3, 48, 4, dh, r, [48, 7, 30], seed=r + 1, dtype=dtype)
-    scaled = with_key_scales(rows, k_up)
     out = torch.full_like(q, float("nan"))
     decode(q, rows["k_shared"], rows["v_shared"], rows["r_k"], rows["r_v"], k_up, v_up, lengths, norm=True,
-           rope_theta=THETA, method=method, block_t=16, splits=2, k_scale=scaled["k_scale"], out=out)
+           rope_theta=THETA, method=method, block_t=16, splits=2, k_scale=cached_key_scales(rows, k_up), out=out)
     expected = reference(q, rows, k_up, v_up, lengths, True, THETA)
     if dtype == torch.float32:
         torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)
@@ -112,7 +110,7 @@ def test_key_scales_without_norm_are_refused():
     q, rows, k_up, v_up, lengths = compressed_cache(2, 8, 4, 32, 16, [8, 8], seed=0)
     with pytest.raises(ValueError, match="k_scale: expected None when norm is False"):
         decode(q, rows["k_shared"], rows["v_shared"], rows["r_k"], rows["r_v"], k_up, v_up, lengths,
-               norm=False, rope_theta=THETA, k_scale=with_key_scales(rows, k_up)["k_scale"])
+               norm=False, rope_theta=THETA, k_scale=cached_key_scales(rows, k_up))
 
 
 @pytest.mark.parametrize("key_scales", [False, True], ids=["norms", "key-scales"])
