@@ -35,7 +35,8 @@ import torch.nn.functional as F
 import triton
 from triton.runtime.errors import OutOfResources
 
-from lrkv.kernels.fused.decode import TILINGS, decode, default_tiling, logit_method
+from lrkv.kernels.fused.decode import GROUP_COLS, METHODS, TILINGS, decode, default_tiling, logit_method
+from lrkv.kernels.fused.tiles import dot_tile
 from lrkv.kernels.lrkv import attend_compressed, key_scales
 from lrkv.kernels.ops import rms_norm
 from lrkv.workers.profile import copies_past_l2, copy_bandwidth, step_seconds
@@ -46,7 +47,9 @@ THETA = 10000.0
 # defaults (TILINGS) are among them, and `logit_method` picks the one it runs per cell.
 CANDIDATES = [("rebuilt", *TILINGS["rebuilt"]), ("folded", *TILINGS["folded"]), ("folded", *TILINGS["folded-wide"]),
               ("folded", 128, 4, 2, 2, 8, None), ("folded", 256, 8, 2, 2, 4, None),
-              ("folded", 64, 4, 3, 2, 16, 8), ("folded", 128, 8, 2, 2, 4, None)]
+              ("folded", 64, 4, 3, 2, 16, 8), ("folded", 128, 8, 2, 2, 4, None),
+              ("grouped", *TILINGS["grouped"]), ("grouped", 64, 8, 3, 2, 8, None), ("grouped", 128, 8, 3, 2, 8, None),
+              ("grouped", 64, 4, 3, 2, 8, 1), ("grouped", 64, 4, 2, 2, 16, None), ("grouped", 32, 4, 3, 2, 16, None)]
 
 
 def product_tiling(B: int, T: int, r: int, scaled: bool = False) -> tuple:
@@ -109,21 +112,24 @@ def fits(q, rows, k_up, v_up, tiling) -> bool:
         return False
 
 
-def check(q, rows, k_up, v_up, tilings) -> float:
-    """Full and ragged lengths, every tiling, poisoned output; returns the worst relative error."""
+def check(q, rows, k_up, v_up, tilings, default) -> dict:
+    """Full and ragged lengths, every tiling, poisoned output; the worst relative error per tiling. A
+    candidate over the bf16 tolerance is reported and left out; the product's default stops the run."""
     B, T = q.size(0), rows["k_shared"].size(1)
     full = torch.full((B,), T, device=q.device)
     ragged = torch.randint(1, T + 1, (B,), device=q.device)
     ragged[0] = max(1, T // 3)
-    worst = 0.0
-    for lengths in (full, ragged):
-        for tiling in tilings:
+    worst = {}
+    for tiling in tilings:
+        for lengths in (full, ragged):
             out = torch.full_like(q, float("nan"))
             fused(q, rows, k_up, v_up, lengths, tiling, out=out)
-            err = reference_error(q, rows, k_up, v_up, lengths, out)
-            if not err <= 1e-2:
-                raise SystemExit(f"check failed: B={B} T={T} r={k_up.size(1)} tiling={tiling}: rel err {err:.3g}")
-            worst = max(worst, err)
+            worst[tiling] = max(worst.get(tiling, 0.0), reference_error(q, rows, k_up, v_up, lengths, out))
+        if not worst[tiling] <= 1e-2:
+            failed = f"check failed: B={B} T={T} r={k_up.size(1)} tiling={tiling}: rel err {worst[tiling]:.3g}"
+            if tiling == default:
+                raise SystemExit(failed)
+            print(failed, "(candidate left out)", flush=True)
     return worst
 
 
@@ -131,8 +137,10 @@ def time_lrkv(B, T, H, dh, r, device, gen, tilings, plain: bool, scales: bool = 
     q, rows, k_up, v_up = lrkv_cache(B, T, H, dh, r, device, gen, scales)
     nbytes = sum(t.nbytes for t in rows.values())
     tilings = [t for t in tilings if fits(q, rows, k_up, v_up, t)]
-    err = check(q, rows, k_up, v_up, tilings)
-    cell = {"B": B, "T": T, "r": r, "cache_bytes": nbytes, "max_rel_err": err}
+    errors = check(q, rows, k_up, v_up, tilings, product_tiling(B, T, r, scales))
+    tilings = [t for t in tilings if errors[t] <= 1e-2]
+    cell = {"B": B, "T": T, "r": r, "cache_bytes": nbytes, "max_rel_err": max(errors[t] for t in tilings),
+            "failed_tilings": {str(t): e for t, e in errors.items() if not e <= 1e-2}}
     copies = copies_past_l2(nbytes, device)
     stock = [rows] + [{k: v.clone() for k, v in rows.items()} for _ in range(copies - 1)]
     lengths = torch.full((B,), T, device=device)
@@ -174,7 +182,7 @@ def with_defaults(cell: dict, scaled: bool) -> dict:
     best = min(by_tiling, key=by_tiling.get)
     chosen = str(product_tiling(cell["B"], cell["T"], cell["r"], scaled))
     cell.update(fused_ms=by_tiling.get(chosen), default_tiling=chosen, best_ms=by_tiling[best], best_tiling=best)
-    for method in ("rebuilt", "folded"):
+    for method in METHODS:
         cell[f"{method}_ms"] = min((ms for t, ms in by_tiling.items() if ast.literal_eval(t)[0] == method), default=None)
     return cell
 
@@ -185,8 +193,15 @@ def tensor_core_flops(method: str, tokens: int, H: int, dh: int, r: int, scaled:
     Multiply-adds per (token, head), folded: [cos|sin]·M_h and K_s·2B_hᵀ (dh·r each), R_k·B_hB_hᵀ (r²),
     p·R_v,h (16·r), and a share of the group's q·RoPE(K_s) and p·V_s (dh and 16·dh per token);
     rebuilt: R_k·B_h (dh·r), p·V_s (16·dh), p·R_v,h (16·r). With cached key scales folded skips the norm's
-    two (K_s·2B_hᵀ and R_k·B_hB_hᵀ)."""
-    if method == "folded":
+    two (K_s·2B_hᵀ and R_k·B_hB_hᵀ). grouped (no norm work), per program of G heads and per token:
+    [cos|sin]·M_group (dh·C for C = G·r_p latent columns), the head sums (2·C·16, high and low parts),
+    p·R_v over the group (16·C), q·RoPE(K_s) (16·dh) and p·V_s (16·dh)."""
+    if method == "grouped":
+        r_p = dot_tile(r)
+        heads = max(d for d in range(1, min(max(1, GROUP_COLS // r_p), H) + 1) if H % d == 0)
+        cols = triton.next_power_of_2(heads) * r_p
+        macs = (dh * cols + 48 * cols + 32 * dh) / heads
+    elif method == "folded":
         macs = (dh + 16 * dh) / H + dh * r + (0 if scaled else dh * r + r * r) + 16 * r
     else:
         macs = dh * r + 16 * dh + 16 * r
@@ -207,7 +222,7 @@ def print_table(env: dict, cells: list) -> None:
     print(f"\n{env['card']} · torch {env['torch']} · triton {env['triton']} · H={env['heads']} d_h={env['head_dim']} "
           f"bf16{' · key scales cached' if env['args'].get('key_scales') else ''} · copy {env['copy_bandwidth_bytes_per_s'] / 1e12:.3f} TB/s"
           f"{f' · read {read / 1e12:.3f} TB/s' if read else ''} · times in ms")
-    print(f"{'B':>3} {'T':>6} {'r':>4} {'floor':>8} {'fused':>8} {'÷floor':>7} {'÷read':>6} {'rebuilt':>8} {'folded':>8} "
+    print(f"{'B':>3} {'T':>6} {'r':>4} {'floor':>8} {'fused':>8} {'÷floor':>7} {'÷read':>6} {'rebuilt':>8} {'folded':>8} {'grouped':>8} "
           f"{'plain':>8} {'mha':>8} {'gqa4':>8} {'mha÷fused':>9} {'fused÷mha':>9} {'TB/s':>5} {'TF/s':>4}  best tiling")
     for c in cells:
         f = c["fused_ms"]
@@ -217,7 +232,7 @@ def print_table(env: dict, cells: list) -> None:
                                   env["args"].get("key_scales", False))
         print(f"{c['B']:>3} {c['T']:>6} {c['r']:>4} {c['floor_ms']:>8.4f} {ms(f):>8} "
               f"{f / c['floor_ms'] if f else float('nan'):>7.3f} {by_read:>6.2f} {ms(c.get('rebuilt_ms')):>8} "
-              f"{ms(c.get('folded_ms')):>8} {ms(c.get('plain_ms')):>8} {c['mha_ms']:>8.4f} {c['gqa4_ms']:>8.4f} "
+              f"{ms(c.get('folded_ms')):>8} {ms(c.get('grouped_ms')):>8} {ms(c.get('plain_ms')):>8} {c['mha_ms']:>8.4f} {c['gqa4_ms']:>8.4f} "
               f"{c['mha_ms'] / f if f else float('nan'):>9.3f} {f / c['mha_ms'] if f else float('nan'):>9.3f} "
               f"{rate(c['cache_bytes'], f, 2):>5} {rate(flops, f, 0):>4}  "
               f"{c['best_tiling']}")
@@ -258,6 +273,8 @@ def main() -> None:
     name = f"decode-{re.sub(r'[^A-Za-z0-9]+', '_', card)}{tag}.json"
     candidates = (CANDIDATES if args.candidates == "all"
                   else [(key.split("-")[0], *tiling) for key, tiling in TILINGS.items()])
+    if not args.key_scales:  # grouped computes no norm
+        candidates = [c for c in candidates if c[0] != "grouped"]
 
     cells = []
     for B in args.batch:

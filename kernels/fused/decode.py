@@ -2,7 +2,7 @@
 
 A split kernel streams a chunk of one sequence for a group of heads and never writes per-head K/V;
 values use associativity, so a split keeps `p·V_shared` and `p·R_v,h` per head, and the reduce kernel
-merges the splits' online-softmax partials and applies B_v,h once. Two split kernels compute the logit:
+merges the splits' online-softmax partials and applies B_v,h once. Three split kernels compute the logit:
 
 - "rebuilt": the key tile is rebuilt on chip (`R_k tile @ B_k,h` on the tensor cores, plus K_shared),
   RoPE enters as a rotated query and the norm as a 1/rms scale: O(d_h) elementwise work per (token, head).
@@ -16,6 +16,9 @@ merges the splits' online-softmax partials and applies B_v,h once. Two split ker
   per (token, head) is O(r), and the O(d_h) work (RoPE of K_shared, ‖K_shared‖²) is done once per token
   for the group. A prepare kernel builds M_h per (sequence, head), 2B_k,hᵀ and B_k,h B_k,hᵀ per head;
   the split programs stream those from L2 for every tile, which is what costs at large r.
+- "grouped": the folded logit without norm work, for a group of heads whose M_h stay loaded in the program;
+  one product per tile serves the group, and per-head row sums are a product with a 0/1 matrix. The O(d_h)
+  work per token is repeated for every group, so it pays only at small r, where groups are large.
 
 Given the keys' cached 1/rms (`k_scale`, a spec's `key_scales`), both kernels scale the logit by it and
 skip the norm's work: the sums of squares (rebuilt) or the norm's two products per head (folded).
@@ -79,9 +82,33 @@ def _softmax_values(s, m, l, acc1, acc2, VS, b, t, tile, offs_d, svs_b, svs_t,
 
 
 @triton.jit
+def _shared_logits(KS, b, t0, t, tile, offs_d, sks_b, sks_t, inv_freq, cos_off, sin_off, no_turn, q1, q2,
+                   HALF: tl.constexpr, BLOCK_T: tl.constexpr, HEADS_P: tl.constexpr, ROPE: tl.constexpr,
+                   DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
+    # q·RoPE_t(K_shared) for every head of the group as a (BLOCK_T, HEADS_P) product, with the tile's K_shared
+    # rows and its cos/sin by angle addition (without RoPE: cos 1, and sin never read).
+    ks = KS + b * sks_b + t[:, None] * sks_t + offs_d[None, :]
+    ks1_raw = tl.load(ks, mask=tile, other=0.0)
+    ks2_raw = tl.load(ks + HALF, mask=tile, other=0.0)
+    ks1, ks2 = ks1_raw.to(tl.float32), ks2_raw.to(tl.float32)
+    cos_t, sin_t = no_turn, no_turn
+    if ROPE:
+        base = t0 * inv_freq
+        c0, s0 = tl.cos(base), tl.sin(base)
+        cos_t = cos_off * c0[None, :] - sin_off * s0[None, :]
+        sin_t = sin_off * c0[None, :] + cos_off * s0[None, :]
+        ks1, ks2 = ks1 * cos_t - ks2 * sin_t, ks1 * sin_t + ks2 * cos_t
+    op = q1.dtype
+    s = _mma(ks1.to(op), q1, tl.zeros((BLOCK_T, HEADS_P), tl.float32), DOT_FP32, PRECISION)
+    s = _mma(ks2.to(op), q2, s, DOT_FP32, PRECISION)
+    return s, ks1_raw, ks2_raw, cos_t, sin_t
+
+
+@triton.jit
 def _store_partials(M, L, ACC_S, ACC_R, m, l, acc1, acc2, acc_r, b, n_heads, h0, split, n_splits, offs_h, h_ok,
-                    offs_d, d_ok, offs_r, r_ok, HALF: tl.constexpr, R: tl.constexpr):
-    # Partials of head h, split s of sequence b live at row (b·H + h)·n_splits + s.
+                    offs_d, d_ok, rank_cols, acc_r_ok, HALF: tl.constexpr, R: tl.constexpr):
+    # Partials of head h, split s of sequence b live at row (b·H + h)·n_splits + s; acc_r's column c holds
+    # rank rank_cols[c] of the latent, where acc_r_ok holds.
     row = (b * n_heads + h0 + offs_h) * n_splits + split
     tl.store(M + row, m, mask=h_ok)
     tl.store(L + row, l, mask=h_ok)
@@ -90,7 +117,7 @@ def _store_partials(M, L, ACC_S, ACC_R, m, l, acc1, acc2, acc_r, b, n_heads, h0,
     tl.store(acc, acc1, mask=hd_ok)
     tl.store(acc + HALF, acc2, mask=hd_ok)
     if R > 0:
-        tl.store(ACC_R + row[:, None] * R + offs_r[None, :], acc_r, mask=h_ok[:, None] & r_ok[None, :])
+        tl.store(ACC_R + row[:, None] * R + rank_cols[None, :], acc_r, mask=acc_r_ok)
 
 
 @triton.jit
@@ -148,10 +175,10 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, KSC, MQ, BT2, GRAM, LENGTHS, INV_FRE
     q = Q + b * sq_b + (h0 + offs_h)[None, :] * sq_h + offs_d[:, None]  # the group's queries as columns
     q1 = tl.load(q, mask=d_ok[:, None] & h_ok[None, :], other=0.0).to(op)
     q2 = tl.load(q + HALF, mask=d_ok[:, None] & h_ok[None, :], other=0.0).to(op)
-    if ROPE:  # cos/sin of a tile's rows by angle addition: the tile's own angle plus cached row offsets
-        inv_freq, cos_off, sin_off = _rope_rows(INV_FREQ, COS, SIN, offs_t, offs_d, d_ok, HALF)
-    else:  # no rotation: cos 1 and sin 0, so [cos | sin] M_h sums M_cos's rows
-        cos_t = tl.zeros((BLOCK_T, HALF_P), tl.float32) + 1.0
+    # cos/sin of a tile's rows by angle addition: the tile's own angle plus cached row offsets; without
+    # rotation cos is 1 and sin 0, so [cos | sin] M_h sums M_cos's rows
+    inv_freq, cos_off, sin_off = _rope_rows(INV_FREQ, COS, SIN, offs_t, offs_d, d_ok, HALF)
+    no_turn = tl.zeros((BLOCK_T, HALF_P), tl.float32) + 1.0
 
     m = tl.full((HEADS_P,), float("-inf"), tl.float32)
     l = tl.zeros((HEADS_P,), tl.float32)
@@ -164,20 +191,10 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, KSC, MQ, BT2, GRAM, LENGTHS, INV_FRE
         t = t0 + offs_t
         t_ok = t < end
         tile = t_ok[:, None] & d_ok[None, :]
-        ks = KS + b * sks_b + t[:, None] * sks_t + offs_d[None, :]
-        ks1_raw = tl.load(ks, mask=tile, other=0.0)
-        ks2_raw = tl.load(ks + HALF, mask=tile, other=0.0)
+        s, ks1_raw, ks2_raw, cos_t, sin_t = _shared_logits(KS, b, t0, t, tile, offs_d, sks_b, sks_t, inv_freq,
+                                                           cos_off, sin_off, no_turn, q1, q2, HALF, BLOCK_T, HEADS_P,
+                                                           ROPE, DOT_FP32, PRECISION)
         ks1, ks2 = ks1_raw.to(tl.float32), ks2_raw.to(tl.float32)
-        if ROPE:
-            base = t0 * inv_freq
-            c0, s0 = tl.cos(base), tl.sin(base)
-            cos_t = cos_off * c0[None, :] - sin_off * s0[None, :]
-            sin_t = sin_off * c0[None, :] + cos_off * s0[None, :]
-            kr1, kr2 = ks1 * cos_t - ks2 * sin_t, ks1 * sin_t + ks2 * cos_t
-        else:
-            kr1, kr2 = ks1, ks2
-        s = _mma(kr1.to(op), q1, tl.zeros((BLOCK_T, HEADS_P), tl.float32), DOT_FP32, PRECISION)
-        s = _mma(kr2.to(op), q2, s, DOT_FP32, PRECISION)  # q·RoPE(K_shared) for every head of the group
         if NORM and not SCALED:
             sq = tl.zeros((BLOCK_T, HEADS_P), tl.float32) + tl.sum(ks1 * ks1 + ks2 * ks2, axis=1)[:, None]
         if R > 0:  # ranks below 16 ride zero-padded on the tensor cores (the padding adds exact zeros)
@@ -221,7 +238,92 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, KSC, MQ, BT2, GRAM, LENGTHS, INV_FRE
                 acc_r = _mma(tl.where(offs_h[:, None] == j, pv, 0.0), rv, acc_r, DOT_FP32, PRECISION)
 
     _store_partials(M, L, ACC_S, ACC_R, m, l, acc1, acc2, acc_r, b, n_heads, h0, split, n_splits, offs_h, h_ok,
-                    offs_d, d_ok, offs_r, r_ok, HALF, R)
+                    offs_d, d_ok, offs_r, h_ok[:, None] & r_ok[None, :], HALF, R)
+
+
+@triton.jit
+def _head_sums(x, ones, EXACT: tl.constexpr):
+    # Per-head sums of x's columns as a product with the 0/1 matrix `ones` (column → head), in fp32 when
+    # EXACT, else as fp16 high and low parts (22 significant bits)
+    if EXACT:
+        return tl.dot(x, ones.to(x.dtype), input_precision="ieee")
+    high = x.to(tl.float16)
+    low = (x - high.to(tl.float32)).to(tl.float16)
+    return tl.dot(low, ones, acc=tl.dot(high, ones))
+
+
+@triton.jit
+def _split_grouped_kernel(Q, KS, VS, RK, RV, KSC, MQ, LENGTHS, INV_FREQ, COS, SIN, M, L, ACC_S, ACC_R,
+                          sq_b, sq_h, sks_b, sks_t, svs_b, svs_t, srk_b, srk_t, srk_h, srv_b, srv_t, srv_h,
+                          ssc_b, ssc_t, split_len, n_splits, n_heads, qk_scale,
+                          HEADS: tl.constexpr, HEADS_P: tl.constexpr, COLS: tl.constexpr,
+                          HALF: tl.constexpr, HALF_P: tl.constexpr, R: tl.constexpr, R_P: tl.constexpr,
+                          BLOCK_T: tl.constexpr, SCALED: tl.constexpr, ROPE: tl.constexpr,
+                          DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, EXACT_SUMS: tl.constexpr):
+    # The folded logit for a group of HEADS heads whose latents side by side are COLS columns wide (column c:
+    # head c // R_P, rank c % R_P): the group's M_h are loaded once per program and every tile takes one
+    # product [cos | sin] (BLOCK_T, d_h) @ M_group (d_h, COLS), with the per-head row sums and p·R_v for
+    # the whole group as one product each. No norm work: cached key scales, or no norm.
+    b, split, h0, start, end = _program_chunk(LENGTHS, split_len, HEADS)
+    op = MQ.dtype.element_ty
+
+    offs_t = tl.arange(0, BLOCK_T)
+    offs_d = tl.arange(0, HALF_P)
+    offs_h = tl.arange(0, HEADS_P)
+    offs_c = tl.arange(0, COLS)
+    col_head, col_rank = offs_c // R_P, offs_c % R_P
+    d_ok = offs_d < HALF
+    h_ok = offs_h < HEADS
+    c_ok = (col_head < HEADS) & (col_rank < R)
+
+    q = Q + b * sq_b + (h0 + offs_h)[None, :] * sq_h + offs_d[:, None]
+    q1 = tl.load(q, mask=d_ok[:, None] & h_ok[None, :], other=0.0).to(op)
+    q2 = tl.load(q + HALF, mask=d_ok[:, None] & h_ok[None, :], other=0.0).to(op)
+    inv_freq, cos_off, sin_off = _rope_rows(INV_FREQ, COS, SIN, offs_t, offs_d, d_ok, HALF)
+    no_turn = tl.zeros((BLOCK_T, HALF_P), tl.float32) + 1.0
+    if R > 0:
+        mq = MQ + ((b * n_heads + h0 + col_head)[None, :] * 2 * HALF + offs_d[:, None]) * R + col_rank[None, :]
+        m_cos = tl.load(mq, mask=d_ok[:, None] & c_ok[None, :], other=0.0)
+        m_sin = tl.load(mq + HALF * R, mask=d_ok[:, None] & c_ok[None, :], other=0.0)
+        ones = tl.where(col_head[:, None] == offs_h[None, :], 1.0, 0.0).to(tl.float16)
+        rk_cols = (h0 + col_head) * srk_h + col_rank
+        rv_cols = (h0 + col_head) * srv_h + col_rank
+
+    m = tl.full((HEADS_P,), float("-inf"), tl.float32)
+    l = tl.zeros((HEADS_P,), tl.float32)
+    acc1 = tl.zeros((HEADS_P, HALF_P), tl.float32)
+    acc2 = tl.zeros((HEADS_P, HALF_P), tl.float32)
+    acc_r = tl.zeros((HEADS_P, COLS), tl.float32)  # row j against every head's R_v; its own block is kept
+
+    for t0 in range(start, end, BLOCK_T):
+        t = t0 + offs_t
+        t_ok = t < end
+        tile = t_ok[:, None] & d_ok[None, :]
+        s, ks1, ks2, cos_t, sin_t = _shared_logits(KS, b, t0, t, tile, offs_d, sks_b, sks_t, inv_freq, cos_off,
+                                                   sin_off, no_turn, q1, q2, HALF, BLOCK_T, HEADS_P, ROPE,
+                                                   DOT_FP32, PRECISION)
+        if R > 0:
+            w = _mma(cos_t.to(op), m_cos, tl.zeros((BLOCK_T, COLS), tl.float32), DOT_FP32, PRECISION)
+            if ROPE:
+                w = _mma(sin_t.to(op), m_sin, w, DOT_FP32, PRECISION)
+            rk = tl.load(RK + b * srk_b + t[:, None] * srk_t + rk_cols[None, :], mask=t_ok[:, None] & c_ok[None, :],
+                         other=0.0)
+            s += _head_sums(rk.to(tl.float32) * w, ones, EXACT_SUMS)
+        if SCALED:
+            s *= tl.load(KSC + b * ssc_b + t[:, None] * ssc_t + (h0 + offs_h)[None, :],
+                         mask=t_ok[:, None] & h_ok[None, :], other=0.0).to(tl.float32)
+        s = tl.where(t_ok[:, None], s * qk_scale, float("-inf"))
+
+        pv, alpha, m, l, acc1, acc2 = _softmax_values(s, m, l, acc1, acc2, VS, b, t, tile, offs_d, svs_b, svs_t,
+                                                      HALF, DOT_FP32, PRECISION)
+        if R > 0:
+            rv = tl.load(RV + b * srv_b + t[:, None] * srv_t + rv_cols[None, :], mask=t_ok[:, None] & c_ok[None, :],
+                         other=0.0)
+            acc_r = _mma(pv, rv, acc_r * alpha[:, None], DOT_FP32, PRECISION)
+
+    own = (offs_h[:, None] == col_head[None, :]) & h_ok[:, None] & c_ok[None, :]
+    _store_partials(M, L, ACC_S, ACC_R, m, l, acc1, acc2, acc_r, b, n_heads, h0, split, n_splits, offs_h, h_ok,
+                    offs_d, d_ok, col_rank, own, HALF, R)
 
 
 @triton.jit
@@ -311,7 +413,7 @@ def _split_rebuilt_kernel(Q, KS, VS, RK, RV, KSC, KUP, LENGTHS, INV_FREQ, COS, S
                 acc_r = _mma(tl.where(offs_h[:, None] == j, pv, 0.0), rv, acc_r, DOT_FP32, PRECISION)
 
     _store_partials(M, L, ACC_S, ACC_R, m, l, acc1, acc2, acc_r, b, n_heads, h0, split, n_splits, offs_h, h_ok,
-                    offs_d, d_ok, offs_r, r_ok, HALF, R)
+                    offs_d, d_ok, offs_r, h_ok[:, None] & r_ok[None, :], HALF, R)
 
 
 @triton.jit
@@ -383,15 +485,24 @@ def _sm_count(device: torch.device) -> int:
 # benchmarks/decode.py's candidates on an H100 (benchmarks/NOTES.md). The folded kernel takes wider
 # tiles from r > 32 on, so the per-head matrices it streams are amortised over more tokens; with cached
 # key scales it streams one matrix per head instead of three, and wide tiles pay only from r > 64 (H200).
-TILINGS = {"rebuilt": (32, 2, 2, 4, 32, 1), "folded": (64, 4, 3, 2, 8, None), "folded-wide": (128, 8, 3, 2, 8, None)}
+# "grouped" takes heads_per_program None as: as many heads as fill GROUP_COLS latent columns.
+TILINGS = {"rebuilt": (32, 2, 2, 4, 32, 1), "folded": (64, 4, 3, 2, 8, None), "folded-wide": (128, 8, 3, 2, 8, None),
+           "grouped": (64, 4, 3, 2, 8, None)}
+GROUP_COLS = 128
+METHODS = ("folded", "grouped", "rebuilt")
 
 
 def logit_method(batch: int, max_len: int, rank: int, scaled: bool = False) -> str:
     """The split kernel for a shape: folded while its per-head matrices stay small (r ≤ 64) and the
     batch holds enough tokens to fill the card (B·T ≥ 32K, or 16K at r ≤ 16, where folded was 15 % faster
     on an H100 and an H200); with cached key scales also above r = 64 from 64K tokens (H200: rebuilt won
-    at 32K tokens, a tie at 64K, folded 1.3× faster from 256K). Else keys rebuilt, one head per program."""
+    at 32K tokens, a tie at 64K, folded 1.3× faster from 256K). With key scales at r ≤ 16 from 256K tokens,
+    grouped (9–12 % faster than folded there on an H200; slower at 64K tokens, and 1.4–2.8× slower from
+    r = 32 on, where its per-program work on each token is repeated for more groups). Else keys rebuilt,
+    one head per program."""
     tokens = batch * max_len
+    if scaled and rank <= 16 and tokens >= 262144:
+        return "grouped"
     small = rank <= 64 or (scaled and tokens >= 65536)
     return "folded" if (small and tokens >= 32768) or (rank <= 16 and tokens >= 16384) else "rebuilt"
 
@@ -434,14 +545,18 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
         raise ValueError("k_scale: expected None when norm is False")
     scaled = k_scale is not None
     method = method or logit_method(B, T_max, r, scaled)
-    if method not in ("folded", "rebuilt"):
-        raise ValueError(f"method: expected 'folded' or 'rebuilt', got {method!r}")
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {', '.join(map(repr, METHODS))}, got {method!r}")
+    if method == "grouped" and norm and not scaled:
+        raise ValueError("method: 'grouped' computes no norm, so it needs k_scale or norm=False")
     given = (block_t, num_warps, num_stages, min_tiles, waves, heads_per_program)
     block_t, num_warps, num_stages, min_tiles, waves, heads_per_program = (
         d if v is None else v for v, d in zip(given, default_tiling(method, r, scaled)))
 
     half = dh // 2
-    heads = max(d for d in range(1, min(heads_per_program or 16, H) + 1) if H % d == 0)  # a divisor of H
+    if heads_per_program is None:
+        heads_per_program = max(1, GROUP_COLS // dot_tile(r)) if method == "grouped" else 16
+    heads = max(d for d in range(1, min(heads_per_program, H) + 1) if H % d == 0)  # a divisor of H
     n_groups = H // heads
     n_tiles = triton.cdiv(max(T_max, 1), block_t)
     if splits is None:
@@ -467,18 +582,27 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
                   ROPE=rope_theta is not None,
                   PRECISION="ieee" if wide else None, EPSILON=EPS, num_warps=num_warps, num_stages=num_stages, **meta)
     grid = (n_groups, n_splits, B)
-    if method == "folded":
+    if method in ("folded", "grouped"):
         # The RoPE products' operands: fp16 beside a 16-bit cache (cos/sin in [-1, 1] keep 11 bits).
         mq = torch.empty(B, H, dh, max(r, 1), device=q.device, dtype=r_k.dtype if wide else torch.float16)
-        bt2 = torch.empty(H, dh, max(r, 1), device=q.device, dtype=r_k.dtype)
-        gram = torch.empty(H, max(r, 1), max(r, 1), device=q.device, dtype=r_k.dtype)
+        factors = norm and not scaled and method == "folded"
+        bt2 = torch.empty(H, dh, max(r, 1) if factors else 1, device=q.device, dtype=r_k.dtype)
+        gram = torch.empty(H, max(r, 1), max(r, 1) if factors else 1, device=q.device, dtype=r_k.dtype)
         if r > 0:
             _prepare_kernel[(H, B)](q, k_up, mq, bt2, gram, q.stride(0), q.stride(1), k_up.stride(0),
-                                    k_up.stride(1), H, NORM_FACTORS=norm and not scaled, **meta)
+                                    k_up.stride(1), H, NORM_FACTORS=factors, **meta)
+    if method == "folded":
         _split_folded_kernel[grid](
             q, k_shared, v_shared, r_k, r_v, scales, mq, bt2, gram, lengths, inv_freq, cos_off, sin_off, m, l, acc_s,
             acc_r, *common, split_len, n_splits, H, dh ** -0.5 * LOG2E,
             DOT_FP32=interpreted(_split_folded_kernel) and not wide, **consts)
+    elif method == "grouped":
+        del consts["NORM"], consts["EPSILON"]
+        dot_fp32 = interpreted(_split_grouped_kernel) and not wide
+        _split_grouped_kernel[grid](
+            q, k_shared, v_shared, r_k, r_v, scales, mq, lengths, inv_freq, cos_off, sin_off, m, l, acc_s, acc_r,
+            *common, split_len, n_splits, H, dh ** -0.5 * LOG2E, COLS=triton.next_power_of_2(heads) * meta["R_P"],
+            DOT_FP32=dot_fp32, EXACT_SUMS=dot_fp32 or wide, **consts)
     else:
         _split_rebuilt_kernel[grid](
             q, k_shared, v_shared, r_k, r_v, scales, k_up, lengths, inv_freq, cos_off, sin_off, m, l, acc_s, acc_r,

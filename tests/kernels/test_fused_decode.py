@@ -34,6 +34,8 @@ def reference(q, rows, k_up, v_up, lengths, norm, rope_theta):
 
 def run(q, rows, k_up, v_up, lengths, norm, rope_theta, **tiles):
     out = torch.full_like(q, float("nan"))  # every element must be written
+    if tiles.get("method") == "grouped" and norm:  # it takes the norm from cached key scales only
+        tiles["k_scale"] = cached_key_scales(rows, k_up)
     decode(q, rows["k_shared"], rows["v_shared"], rows["r_k"], rows["r_v"], k_up, v_up, lengths,
            norm=norm, rope_theta=rope_theta, out=out, **tiles)
     return out
@@ -44,7 +46,7 @@ def cached_key_scales(rows, k_up):
     return key_scales(rows["k_shared"], rows["r_k"], k_up).to(rows["r_k"].dtype)
 
 
-METHODS = ["folded", "rebuilt"]
+METHODS = ["folded", "grouped", "rebuilt"]
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -106,6 +108,13 @@ def test_cached_key_scales_stand_in_for_the_norm(dh, r, dtype, method):
         assert ((out.double() - expected).norm() / expected.norm()) < 1e-2
 
 
+def test_grouped_without_key_scales_is_refused_where_a_norm_is_due():
+    q, rows, k_up, v_up, lengths = compressed_cache(2, 8, 4, 32, 16, [8, 8], seed=0)
+    with pytest.raises(ValueError, match="method: 'grouped' computes no norm, so it needs k_scale or norm=False"):
+        decode(q, rows["k_shared"], rows["v_shared"], rows["r_k"], rows["r_v"], k_up, v_up, lengths,
+               norm=True, rope_theta=THETA, method="grouped")
+
+
 def test_key_scales_without_norm_are_refused():
     q, rows, k_up, v_up, lengths = compressed_cache(2, 8, 4, 32, 16, [8, 8], seed=0)
     with pytest.raises(ValueError, match="k_scale: expected None when norm is False"):
@@ -137,6 +146,10 @@ def test_method_follows_the_measured_crossover():
     # With cached key scales folded streams one matrix per head, and wins at r = 128 too (H200 grid).
     assert logit_method(8, 32768, 128, scaled=True) == "folded"
     assert logit_method(1, 32768, 128, scaled=True) == logit_method(1, 8192, 64, scaled=True) == "rebuilt"
+    # Grouped heads win only at small ranks over large batches, and need cached key scales.
+    assert logit_method(8, 32768, 16, scaled=True) == logit_method(32, 8192, 4, scaled=True) == "grouped"
+    assert logit_method(8, 8192, 16, scaled=True) == logit_method(8, 32768, 32, scaled=True) == "folded"
+    assert logit_method(8, 32768, 16) == "folded"
 
 
 def test_shape_mismatch_names_the_argument():
@@ -148,6 +161,6 @@ def test_shape_mismatch_names_the_argument():
 
 def test_unknown_method_names_the_argument():
     q, rows, k_up, v_up, lengths = compressed_cache(2, 8, 4, 32, 16, [8, 8], seed=0)
-    with pytest.raises(ValueError, match="method: expected 'folded' or 'rebuilt'"):
+    with pytest.raises(ValueError, match="method: expected one of 'folded', 'grouped', 'rebuilt'"):
         decode(q, rows["k_shared"], rows["v_shared"], rows["r_k"], rows["r_v"], k_up, v_up, lengths,
                norm=True, rope_theta=THETA, method="fast")
