@@ -489,13 +489,18 @@ def _sm_count(device: torch.device) -> int:
 TILINGS = {"rebuilt": (32, 2, 2, 4, 32, 1), "folded": (64, 4, 3, 2, 8, None), "folded-wide": (128, 8, 3, 2, 8, None),
            "grouped": (64, 4, 3, 2, 8, None)}
 GROUP_COLS = 128
+# Programs per multiprocessor that short contexts still get, with fewer than min_tiles tiles each if need be
+# (H200, T = 2K: folded at B = 8 went from 8 to 32 splits and 26–31 % faster; where min_tiles already gave
+# two programs per SM, a tile a split was no faster).
+FILL = 2
 METHODS = ("folded", "grouped", "rebuilt")
 
 
 def logit_method(batch: int, max_len: int, rank: int, scaled: bool = False) -> str:
     """The split kernel for a shape: folded while its per-head matrices stay small (r ≤ 64) and the
-    batch holds enough tokens to fill the card (B·T ≥ 32K, or 16K at r ≤ 16, where folded was 15 % faster
-    on an H100 and an H200); with cached key scales also above r = 64 from 64K tokens (H200: rebuilt won
+    batch holds enough tokens to fill the card (B·T ≥ 32K; from 16K at r ≤ 32, or r ≤ 64 with key scales,
+    where it was 20–37 % faster on an H200 once FILL gave it enough programs); with cached key scales also
+    above r = 64 from 64K tokens (H200: rebuilt won
     at 32K tokens, a tie at 64K, folded 1.3× faster from 256K). With key scales at r ≤ 16 from 256K tokens,
     grouped (9–12 % faster than folded there on an H200; slower at 64K tokens, and 1.4–2.8× slower from
     r = 32 on, where its per-program work on each token is repeated for more groups). Else keys rebuilt,
@@ -504,7 +509,15 @@ def logit_method(batch: int, max_len: int, rank: int, scaled: bool = False) -> s
     if scaled and rank <= 16 and tokens >= 262144:
         return "grouped"
     small = rank <= 64 or (scaled and tokens >= 65536)
-    return "folded" if (small and tokens >= 32768) or (rank <= 16 and tokens >= 16384) else "rebuilt"
+    short = rank <= (64 if scaled else 32) and tokens >= 16384
+    return "folded" if (small and tokens >= 32768) or short else "rebuilt"
+
+
+def split_count(rows: int, n_tiles: int, waves: int, min_tiles: int, sms: int) -> int:
+    """Chunks per (sequence, head group) row: `waves` programs per multiprocessor, of at least `min_tiles`
+    tiles each, unless that leaves fewer than FILL programs per multiprocessor."""
+    per_row = lambda programs: triton.cdiv(programs * sms, rows)  # noqa: E731
+    return min(per_row(waves), max(triton.cdiv(n_tiles, min_tiles), per_row(FILL)), n_tiles)
 
 
 def default_tiling(method: str, rank: int, scaled: bool = False) -> tuple:
@@ -524,7 +537,8 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
     `method` picks the split kernel, "folded" or "rebuilt" (None: `logit_method`); the tiling arguments
     default to `default_tiling`:
     `splits` fixes the number of sequence chunks (by default: `waves` programs per multiprocessor, so
-    enough loads are in flight, each streaming at least `min_tiles` tiles of `block_t` tokens);
+    enough loads are in flight, each streaming at least `min_tiles` tiles of `block_t` tokens, unless
+    that leaves fewer than FILL programs per multiprocessor);
     `heads_per_program` heads share one program (a divisor of H at most this; None: all, at most 16);
     `k_scale` (B, T_max, H), the keys' cached 1/rms, stands in for computing the norm (norm=True only);
     `out`, if given, receives the result.
@@ -560,7 +574,7 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
     n_groups = H // heads
     n_tiles = triton.cdiv(max(T_max, 1), block_t)
     if splits is None:
-        splits = min(triton.cdiv(waves * _sm_count(q.device), B * n_groups), triton.cdiv(n_tiles, min_tiles))
+        splits = split_count(B * n_groups, n_tiles, waves, min_tiles, _sm_count(q.device))
     tiles_per_split = triton.cdiv(n_tiles, max(1, min(splits, n_tiles)))
     n_splits = triton.cdiv(n_tiles, tiles_per_split)
     split_len = tiles_per_split * block_t

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from lrkv.kernels import AttentionSpec, build_attention
-from lrkv.kernels.fused.decode import decode, logit_method
+from lrkv.kernels.fused.decode import decode, logit_method, split_count
 from lrkv.kernels.lrkv import attend_compressed, key_scales
 
 THETA = 10000.0
@@ -139,10 +139,11 @@ def test_layer_decode_through_kernel_matches_forward(monkeypatch, key_scales):
 
 
 def test_method_follows_the_measured_crossover():
-    """Folded logits for r ≤ 64 over batches of at least 32K tokens (16K at r ≤ 16); keys rebuilt otherwise."""
+    """Folded logits for r ≤ 64 over batches of at least 32K tokens (16K at r ≤ 32); keys rebuilt otherwise."""
     assert logit_method(8, 32768, 64) == logit_method(1, 32768, 16) == logit_method(32, 2048, 32) == "folded"
-    assert logit_method(8, 2048, 16) == "folded"
-    assert logit_method(8, 2048, 32) == logit_method(1, 8192, 16) == logit_method(8, 32768, 128) == "rebuilt"
+    assert logit_method(8, 2048, 16) == logit_method(8, 2048, 32) == "folded"
+    assert logit_method(8, 2048, 64) == logit_method(1, 8192, 16) == logit_method(8, 32768, 128) == "rebuilt"
+    assert logit_method(8, 2048, 64, scaled=True) == "folded"
     # With cached key scales folded streams one matrix per head, and wins at r = 128 too (H200 grid).
     assert logit_method(8, 32768, 128, scaled=True) == "folded"
     assert logit_method(1, 32768, 128, scaled=True) == logit_method(1, 8192, 64, scaled=True) == "rebuilt"
@@ -150,6 +151,14 @@ def test_method_follows_the_measured_crossover():
     assert logit_method(8, 32768, 16, scaled=True) == logit_method(32, 8192, 4, scaled=True) == "grouped"
     assert logit_method(8, 8192, 16, scaled=True) == logit_method(8, 32768, 32, scaled=True) == "folded"
     assert logit_method(8, 32768, 16) == "folded"
+
+
+def test_short_contexts_still_fill_the_card():
+    """Chunks of at least min_tiles tiles, unless that leaves under two programs per multiprocessor."""
+    assert split_count(rows=8, n_tiles=32, waves=8, min_tiles=2, sms=132) == 32   # B=8, T=2K: 256 programs
+    assert split_count(rows=32, n_tiles=32, waves=8, min_tiles=2, sms=132) == 16  # 512 programs already
+    assert split_count(rows=8, n_tiles=512, waves=8, min_tiles=2, sms=132) == 132  # long contexts: by waves
+    assert split_count(rows=1, n_tiles=3, waves=8, min_tiles=2, sms=132) == 3     # never more than the tiles
 
 
 def test_shape_mismatch_names_the_argument():
