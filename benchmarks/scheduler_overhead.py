@@ -19,11 +19,9 @@ Writes benchmarks/results/scheduler_overhead-{cpu,gpu-<card>}.json (after each p
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import platform
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -90,9 +88,10 @@ def sweep(spec_dict: dict, workspace: Path) -> dict:
             "state": t.state.name, "reason": t.user_attrs.get("reason"), "detail": t.user_attrs.get("detail"),
             "start": t.datetime_start.timestamp(), "end": t.datetime_complete.timestamp(),
             **{k: rec.get(k) for k in ("trial_seconds", "wall_seconds", "train_seconds", "tokens", "steps",
-                                       "tokens_per_s", "mfu", "peak_memory_bytes", "gpu_util_mean", "device")}})
+                                       "tokens_per_s", "mfu", "peak_memory_bytes", "gpu_util_mean", "device",
+                                       "cuda_mps_pipe")}})
     return {"create_s": create_s, "wall_s": wall, "run_start": w0, "run_end": w1, "trials": trials,
-            "asked": len(study.get_trials(deepcopy=False)),
+            "asked": len(study.get_trials(deepcopy=False)), "mps_servers": driver.mps.servers if driver.mps else None,
             "launch_ms": [1e3 * s for s in driver.launch_s], "finish_ms": [1e3 * s for s in driver.finish_s]}
 
 
@@ -260,39 +259,10 @@ def gpu_spec(args, k: int, steps: int, gpus: float, cache: Path, name: str) -> d
                   "rank": {"values": [args.rank]}},
         "budget": {"tokens_per_trial": steps * args.batch_size * args.seq_len, "trials": k, "concurrency": k},
         "pruning": {"enabled": False},
-        "resources": {"cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": gpus},
+        "resources": {"cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": gpus, "mps": args.mps},
         "data": {"source": args.data, "seq_len": args.seq_len, "cache_dir": str(cache)},
         "train": {"batch_size": args.batch_size, "eval_every": steps, "eval_blocks": 2 * args.batch_size},
     }
-
-
-@contextlib.contextmanager
-def mps(enabled: bool):
-    """A CUDA MPS control daemon for the duration (started before this process or Ray touches CUDA, so
-    every trial process is its client): kernels of processes sharing the card run side by side instead
-    of taking turns. Yields a list that gets the daemon's server list at the end."""
-    if not enabled:
-        yield None
-        return
-    control = shutil.which("nvidia-cuda-mps-control")
-    if control is None:
-        raise SystemExit("--mps: nvidia-cuda-mps-control is not on PATH")
-    folders = {name: tempfile.mkdtemp(prefix=f"lrkv-mps-{name}-") for name in ("pipe", "log")}
-    os.environ.update(CUDA_MPS_PIPE_DIRECTORY=folders["pipe"], CUDA_MPS_LOG_DIRECTORY=folders["log"])
-    subprocess.run([control, "-d"], check=True)
-    servers: list[str] = []
-    try:
-        yield servers
-    finally:
-        def ask(command: str) -> str:  # bounded: the daemon may wait on clients that have not exited yet
-            try:
-                return subprocess.run([control], input=command + "\n", capture_output=True, text=True,
-                                      timeout=20).stdout
-            except subprocess.TimeoutExpired:
-                print(f"MPS control: no answer to {command!r} within 20 s", file=sys.stderr)
-                return ""
-        servers.extend(ask("get_server_list").split())
-        ask("quit")
 
 
 def compute_apps() -> list[str]:
@@ -303,15 +273,6 @@ def compute_apps() -> list[str]:
 
 
 def run_gpu(args) -> None:
-    with mps(args.mps) as servers:
-        out, name = _run_gpu(args)
-    if args.mps:
-        out["env"]["mps_servers"] = servers
-        print(f"MPS servers used: {servers or 'none'}")
-        write(name, out, args.out_dir)
-
-
-def _run_gpu(args) -> tuple[dict, str]:
     t_script = time.perf_counter()
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     cuda = torch.cuda.is_available()
@@ -376,6 +337,7 @@ def _run_gpu(args) -> tuple[dict, str]:
                    "launch_ms": res["launch_ms"], "finish_ms": res["finish_ms"]}
             row["wall_tokens_per_s"] = row["total_tokens"] / res["wall_s"]
             row["compute_apps"] = compute_apps() if cuda else []  # the trials' workers are still alive
+            row["mps_servers"] = res["mps_servers"]  # the sweep's daemon listed them as it stopped
             out["rows"].append(row)
             print(f"k={k}: run() {res['wall_s']:.1f} s, Σ steady {row['sum_steady_tokens_per_s']:,.0f} tok/s, "
                   f"tokens/wall {row['wall_tokens_per_s']:,.0f} tok/s, per trial "
@@ -386,7 +348,6 @@ def _run_gpu(args) -> tuple[dict, str]:
     out["script_s"] = time.perf_counter() - t_script
     print("\n" + out["table"])
     write(name, out, args.out_dir)
-    return out, name
 
 
 def report_failures(res: dict) -> None:
@@ -468,7 +429,7 @@ def main() -> None:
     g.add_argument("--max-steps", type=int, default=3000)
     g.add_argument("--deadline-s", type=float, default=330.0, help="start no further k after this many seconds")
     g.add_argument("--worker-logs", action="store_true", help="show Ray workers' output")
-    g.add_argument("--mps", action="store_true", help="share the card through CUDA MPS (a daemon started here)")
+    g.add_argument("--mps", action="store_true", help="share the card through CUDA MPS (the specs' resources.mps)")
     args = p.parse_args()
     if args.cpu:
         args.steps = args.steps or 160

@@ -167,7 +167,9 @@ def sweep_submit(spec_file: Path = typer.Argument(..., help="Sweep spec (YAML)."
     from ray.job_submission import JobSubmissionClient
     for logger in [n for n in logging.root.manager.loggerDict if n.startswith("ray")]:
         logging.getLogger(logger).setLevel(logging.WARNING)  # Ray's INFO lines would break the one-line error
+    from lrkv.orchestrator.driver import check_mps
     spec = load_spec(spec_file)
+    check_mps(spec, address)  # the job's driver would refuse it on the head node: refuse it here
     stores = _stores(workspace, storage, tracking_uri, spec)  # resolved here: the job's folder is temporary
     if os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").exists():
         os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray clusters require the token by default

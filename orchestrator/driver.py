@@ -28,6 +28,7 @@ from lrkv.workers.config import TrialConfig
 from lrkv.workers.data import load_blocks
 
 from . import search
+from .mps import MpsDaemon, control_path
 from .remote import ReportBoard, run_trial, run_trial_fresh_worker, warm_worker
 from .spec import OBJECTIVES, SweepSpec, parse_spec
 from .stores import Stores, redact
@@ -107,6 +108,7 @@ class SweepDriver:
         self.last_sync = 0.0
         self.gap = 0  # trials the study has and MLflow lacks when the sweep ended
         self.pending: list[tuple] = []  # told to the study, not yet logged to MLflow
+        self.mps: MpsDaemon | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------
     @classmethod
@@ -114,6 +116,7 @@ class SweepDriver:
         """A new sweep: the study, its parent run and its reference points. Fails if the name exists."""
         if spec.sampler.kind == "grid" and search.finite_points(spec) is None:
             raise SweepError("sampler.kind", "a sampler other than grid for a space with an lr range", "grid")
+        check_mps(spec, kw.get("address"))
         vocab = load_blocks(spec.data_config()).vocab_size  # bad data fails here, before any store is written
         storage = stores.optuna_storage()  # an unreachable database fails here, before anything is written
         stores.prepare()
@@ -147,6 +150,7 @@ class SweepDriver:
     def resume(cls, name: str, stores: Stores, **kw) -> SweepDriver:
         study = open_study(stores, name)
         spec = study_spec(study)
+        check_mps(spec, kw.get("address"))
         study.sampler = search.make_sampler(spec)
         load_blocks(spec.data_config())
         driver = cls(study, spec, stores, **kw)
@@ -189,6 +193,8 @@ class SweepDriver:
                 ray.get(self.board.register.remote(t.number, t.params["size"], self._cost_tuple(t.user_attrs["costs"]),
                                                    [tuple(p) for p in t.user_attrs["curve"]]))
         cancelled = False
+        if self.spec.resources.mps:  # before the first trial: each GPU trial starts a fresh worker, a client
+            self.mps = MpsDaemon.start()
         try:
             while True:
                 self.beat()
@@ -212,6 +218,9 @@ class SweepDriver:
         except BaseException:
             self._abandon("interrupted: the driver stopped")
             raise
+        finally:
+            if self.mps:
+                self.mps.stop()
         if cancelled:
             self._abandon("cancelled")
         self.finish_mlflow("KILLED" if cancelled else "FINISHED")
@@ -328,8 +337,9 @@ class SweepDriver:
         ray.get(self.board.register.remote(trial.number, params["size"], self._cost_tuple(costs), protected=reference))
         res = self.spec.resources
         task = run_trial_fresh_worker if res.gpus_per_trial else run_trial
+        mps = {"runtime_env": {"env_vars": self.mps.env}} if self.mps else {}
         ref = task.options(num_cpus=res.cpus_per_trial, num_gpus=res.gpus_per_trial,
-                           max_retries=res.max_retries, retry_exceptions=False).remote(
+                           max_retries=res.max_retries, retry_exceptions=False, **mps).remote(
             config.to_dict(), trial.number, self.board, int(res.cpus_per_trial))
         self.active[ref] = Running(trial, params, key, config, costs)
         # The child run opens while the trial already trains: the slot does not wait for MLflow.
@@ -427,6 +437,14 @@ class SweepDriver:
     def _set_attr(self, number: int, key: str, value) -> None:
         study_id = self.storage.get_study_id_from_name(self.study.study_name)
         self.storage.set_trial_user_attr(self.storage.get_trial_id_from_study_id_trial_number(study_id, number), key, value)
+
+
+def check_mps(spec: SweepSpec, address: str | None) -> None:
+    """`resources.mps` starts a daemon beside a local Ray only: a cluster's nodes run their own."""
+    if spec.resources.mps:
+        if address:
+            raise SweepError("resources.mps", "false on a cluster (start MPS on its nodes)", True)
+        control_path()
 
 
 def connect_ray(address: str | None) -> None:

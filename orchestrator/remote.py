@@ -82,6 +82,7 @@ def trial_task(config: dict, number: int, board, threads: int) -> dict:
     # Where Ray placed it: the GPU ids it assigned and what the worker saw (placement is checked from these).
     record["gpu_ids"] = [str(g) for g in ray.get_gpu_ids()]
     record["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
+    record["cuda_mps_pipe"] = os.environ.get("CUDA_MPS_PIPE_DIRECTORY")  # set: a client of the sweep's MPS
     record["node_id"] = ray.get_runtime_context().get_node_id()
     if record["stopped_early"]:  # a stop asked at the last evaluation changes nothing: the trial is complete
         return {"status": "pruned", "reason": stop[-1], "record": record}

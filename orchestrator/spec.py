@@ -186,6 +186,7 @@ class Resources(Strict):
     gpus_per_trial: Annotated[Number, Field(ge=0)] = 0.0  # fractional packs several trials on a card
     cpus_per_trial: Annotated[Number, Field(gt=0)] = 1.0
     max_retries: Count = 2  # re-runs of a trial whose node died
+    mps: bool = False  # share each card through CUDA MPS: a local driver runs the daemon (orchestrator.mps)
 
 
 class Storage(Strict):
@@ -273,6 +274,12 @@ class SweepSpec(Strict):
         return self
 
     @model_validator(mode="after")
+    def _mps_shares_gpus(self):
+        if self.resources.mps and not self.resources.gpus_per_trial:
+            raise ConfigError("resources.mps", "false when trials take no GPU (gpus_per_trial: 0)", True)
+        return self
+
+    @model_validator(mode="after")
     def _trials_build(self):
         """Every size × variant must make a valid trial: build each once (cheap, analytic)."""
         rank = self.space.rank
@@ -331,8 +338,9 @@ class SweepSpec(Strict):
     def digest(self) -> str:
         """Stable hash of the spec (storage locations aside): same digest, same sweep."""
         body = self.model_dump(exclude={"storage"}, mode="json")
-        if not body["space"]["key_scales"]:  # added later: a spec that leaves it off keeps its digest
-            del body["space"]["key_scales"]
+        for section, key in (("space", "key_scales"), ("resources", "mps")):
+            if not body[section][key]:  # added later: a spec that leaves it off keeps its digest
+                del body[section][key]
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -161,6 +161,8 @@ BAD = [
     ("resources.cpus_per_trial", -2, "resources.cpus_per_trial"),
     ("resources.max_retries", -1, "resources.max_retries"),
     ("resources.bogus", 1, "resources.bogus"),
+    ("resources.mps", "sometimes", "resources.mps"),
+    ("resources.mps", True, "resources.mps"),                                    # the base takes no GPU
     # storage
     ("storage.study", 5, "storage.study"),
     ("storage.bogus", 1, "storage.bogus"),
@@ -383,6 +385,7 @@ def test_digest_is_stable(base, tmp_path):
     assert load_spec(path).digest() == first
     # a spelled-out default is the same spec
     assert parse_spec(edited(base, "anchors", True)).digest() == first
+    assert parse_spec(edited(base, "resources.mps", False)).digest() == first
 
 
 @pytest.mark.parametrize("path,value", [
@@ -390,9 +393,16 @@ def test_digest_is_stable(base, tmp_path):
     ("baselines", ["mha"]), ("objectives", {"val_bpb": "min", "params": "min"}), ("sampler.seed", 1),
     ("pruning.margin", 0.1), ("data.seq_len", 128), ("train.lr", 0.02), ("space.lr", {"low": 1e-3, "high": 1e-2}),
     ("seed", 1), ("name", "other"), ("space.key_scales", True),
+    ("resources", {"gpus_per_trial": 0.25, "mps": True}),
 ])
 def test_digest_changes_with_the_search(base, path, value):
     assert parse_spec(edited(base, path, value)).digest() != parse_spec(base).digest()
+
+
+def test_mps_needs_gpu_trials(base):
+    err = rejected(edited(base, "resources.mps", True), "resources.mps")
+    assert str(err) == "resources.mps: expected false when trials take no GPU (gpus_per_trial: 0), got True"
+    assert parse_spec(edited(base, "resources", {"gpus_per_trial": 0.5, "mps": True})).resources.mps
 
 
 def test_digest_ignores_storage(base):

@@ -86,3 +86,14 @@ def test_submit_returns_at_once_and_the_cluster_runs_the_sweep(tmp_path, ray_hea
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2
     assert again.stderr.strip() == "error: name: expected a sweep name not yet submitted to this cluster, got 'submitted'"
+
+
+def test_submit_refuses_mps_before_reaching_the_cluster(tmp_path):
+    """A cluster's nodes run their own MPS daemons: the spec is refused here, exit 2, nothing written."""
+    spec = write_spec(tmp_path / "sweep.yaml", "packed", resources={"gpus_per_trial": 0.25, "mps": True})
+    done = subprocess.run([LRKV, "sweep", "submit", str(spec), "--address", "http://127.0.0.1:9",
+                           "--workspace", str(tmp_path / "ws")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "error: resources.mps: expected false on a cluster (start MPS on its nodes), got True"]
+    assert not (tmp_path / "ws").exists()
