@@ -49,7 +49,7 @@ def ray_head(tmp_path):
     yield address, env
     os.killpg(head.pid, signal.SIGTERM)
     try:
-        head.wait(timeout=30)
+        head.wait(timeout=5)  # a blocked `ray start` can take 30 s or more to leave on SIGTERM
     except subprocess.TimeoutExpired:
         os.killpg(head.pid, signal.SIGKILL)
     shutil.rmtree(temp, ignore_errors=True)
