@@ -35,7 +35,7 @@ import torch.nn.functional as F
 import triton
 from triton.runtime.errors import OutOfResources
 
-from lrkv.kernels.fused.decode import GROUP_COLS, METHODS, TILINGS, decode, default_tiling, logit_method
+from lrkv.kernels.fused.decode import METHODS, TILINGS, decode, default_tiling, group_size, logit_method
 from lrkv.kernels.fused.tiles import dot_tile
 from lrkv.kernels.lrkv import attend_compressed, key_scales
 from lrkv.kernels.ops import rms_norm
@@ -200,9 +200,8 @@ def tensor_core_flops(method: str, tokens: int, H: int, dh: int, r: int, scaled:
     [cos|sin]·M_group (dh·C for C = G·r_p latent columns), the head sums (2·C·16, high and low parts),
     p·R_v over the group (16·C), q·RoPE(K_s) (16·dh) and p·V_s (16·dh)."""
     if method == "grouped":
-        r_p = dot_tile(r)
-        heads = max(d for d in range(1, min(max(1, GROUP_COLS // r_p), H) + 1) if H % d == 0)
-        cols = triton.next_power_of_2(heads) * r_p
+        heads = group_size(method, H, r, None)
+        cols = triton.next_power_of_2(heads) * dot_tile(r)
         macs = (dh * cols + 48 * cols + 32 * dh) / heads
     elif method == "folded":
         macs = (dh + 16 * dh) / H + dh * r + (0 if scaled else dh * r + r * r) + 16 * r

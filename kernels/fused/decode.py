@@ -299,9 +299,9 @@ def _split_grouped_kernel(Q, KS, VS, RK, RV, KSC, MQ, LENGTHS, INV_FREQ, COS, SI
         t = t0 + offs_t
         t_ok = t < end
         tile = t_ok[:, None] & d_ok[None, :]
-        s, ks1, ks2, cos_t, sin_t = _shared_logits(KS, b, t0, t, tile, offs_d, sks_b, sks_t, inv_freq, cos_off,
-                                                   sin_off, no_turn, q1, q2, HALF, BLOCK_T, HEADS_P, ROPE,
-                                                   DOT_FP32, PRECISION)
+        s, _, _, cos_t, sin_t = _shared_logits(KS, b, t0, t, tile, offs_d, sks_b, sks_t, inv_freq, cos_off,
+                                               sin_off, no_turn, q1, q2, HALF, BLOCK_T, HEADS_P, ROPE,
+                                               DOT_FP32, PRECISION)
         if R > 0:
             w = _mma(cos_t.to(op), m_cos, tl.zeros((BLOCK_T, COLS), tl.float32), DOT_FP32, PRECISION)
             if ROPE:
@@ -497,14 +497,14 @@ METHODS = ("folded", "grouped", "rebuilt")
 
 
 def logit_method(batch: int, max_len: int, rank: int, scaled: bool = False) -> str:
-    """The split kernel for a shape: folded while its per-head matrices stay small (r ≤ 64) and the
-    batch holds enough tokens to fill the card (B·T ≥ 32K; from 16K at r ≤ 32, or r ≤ 64 with key scales,
-    where it was 20–37 % faster on an H200 once FILL gave it enough programs); with cached key scales also
-    above r = 64 from 64K tokens (H200: rebuilt won
-    at 32K tokens, a tie at 64K, folded 1.3× faster from 256K). With key scales at r ≤ 16 from 256K tokens,
-    grouped (9–12 % faster than folded there on an H200; slower at 64K tokens, and 1.4–2.8× slower from
-    r = 32 on, where its per-program work on each token is repeated for more groups). Else keys rebuilt,
-    one head per program."""
+    """The split kernel for a shape, from the H100 and H200 grids in benchmarks/NOTES.md:
+    - grouped for key-scale caches at r ≤ 16 from 256K tokens (9–12 % faster than folded on an H200;
+      slower at 64K tokens, and 1.4–2.8× slower from r = 32 on, where each group repeats the per-token work);
+    - folded while its per-head matrices stay small (r ≤ 64) over batches that fill the card (B·T ≥ 32K),
+      and from 16K tokens at r ≤ 32 (r ≤ 64 with key scales), 20–37 % faster there once FILL gave it
+      enough programs; with key scales also above r = 64 from 64K tokens (rebuilt won at 32K, a tie at
+      64K, folded 1.3× faster from 256K);
+    - else keys rebuilt, one head per program."""
     tokens = batch * max_len
     if scaled and rank <= 16 and tokens >= 262144:
         return "grouped"
@@ -518,6 +518,14 @@ def split_count(rows: int, n_tiles: int, waves: int, min_tiles: int, sms: int) -
     tiles each, unless that leaves fewer than FILL programs per multiprocessor."""
     per_row = lambda programs: triton.cdiv(programs * sms, rows)  # noqa: E731
     return min(per_row(waves), max(triton.cdiv(n_tiles, min_tiles), per_row(FILL)), n_tiles)
+
+
+def group_size(method: str, n_heads: int, rank: int, heads_per_program: int | None) -> int:
+    """Heads per program: the largest divisor of H up to heads_per_program (None: all heads, at most 16;
+    for grouped, as many as fill GROUP_COLS latent columns)."""
+    if heads_per_program is None:
+        heads_per_program = max(1, GROUP_COLS // dot_tile(rank)) if method == "grouped" else 16
+    return max(d for d in range(1, min(heads_per_program, n_heads) + 1) if n_heads % d == 0)
 
 
 def default_tiling(method: str, rank: int, scaled: bool = False) -> tuple:
@@ -534,12 +542,12 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
 
     k_shared, v_shared: (B, T_max, d_h); r_k, r_v: (B, T_max, H, r); k_up, v_up: (H, r, d_h);
     lengths (B,): rows at or past a sequence's length are never read. rope_theta None skips RoPE.
-    `method` picks the split kernel, "folded" or "rebuilt" (None: `logit_method`); the tiling arguments
+    `method` picks the split kernel, one of METHODS (None: `logit_method`); the tiling arguments
     default to `default_tiling`:
     `splits` fixes the number of sequence chunks (by default: `waves` programs per multiprocessor, so
     enough loads are in flight, each streaming at least `min_tiles` tiles of `block_t` tokens, unless
     that leaves fewer than FILL programs per multiprocessor);
-    `heads_per_program` heads share one program (a divisor of H at most this; None: all, at most 16);
+    `heads_per_program` heads share one program (`group_size`);
     `k_scale` (B, T_max, H), the keys' cached 1/rms, stands in for computing the norm (norm=True only);
     `out`, if given, receives the result.
     """
@@ -568,9 +576,7 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
         d if v is None else v for v, d in zip(given, default_tiling(method, r, scaled)))
 
     half = dh // 2
-    if heads_per_program is None:
-        heads_per_program = max(1, GROUP_COLS // dot_tile(r)) if method == "grouped" else 16
-    heads = max(d for d in range(1, min(heads_per_program, H) + 1) if H % d == 0)  # a divisor of H
+    heads = group_size(method, H, r, heads_per_program)
     n_groups = H // heads
     n_tiles = triton.cdiv(max(T_max, 1), block_t)
     if splits is None:
@@ -592,9 +598,9 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
               v_shared.stride(1), r_k.stride(0), r_k.stride(1), r_k.stride(2), r_v.stride(0), r_v.stride(1),
               r_v.stride(2), *(k_scale.stride()[:2] if k_scale is not None else (0, 0)))
     scales = r_k if k_scale is None else k_scale  # any tensor stands in for an absent pointer
-    consts = dict(HEADS=heads, HEADS_P=dot_tile(heads), BLOCK_T=block_t, NORM=norm, SCALED=scaled,
-                  ROPE=rope_theta is not None,
-                  PRECISION="ieee" if wide else None, EPSILON=EPS, num_warps=num_warps, num_stages=num_stages, **meta)
+    consts = dict(HEADS=heads, HEADS_P=dot_tile(heads), BLOCK_T=block_t, SCALED=scaled, ROPE=rope_theta is not None,
+                  PRECISION="ieee" if wide else None, num_warps=num_warps, num_stages=num_stages, **meta)
+    norm_consts = dict(NORM=norm, EPSILON=EPS)  # grouped computes no norm
     grid = (n_groups, n_splits, B)
     if method in ("folded", "grouped"):
         # The RoPE products' operands: fp16 beside a 16-bit cache (cos/sin in [-1, 1] keep 11 bits).
@@ -609,9 +615,8 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
         _split_folded_kernel[grid](
             q, k_shared, v_shared, r_k, r_v, scales, mq, bt2, gram, lengths, inv_freq, cos_off, sin_off, m, l, acc_s,
             acc_r, *common, split_len, n_splits, H, dh ** -0.5 * LOG2E,
-            DOT_FP32=interpreted(_split_folded_kernel) and not wide, **consts)
+            DOT_FP32=interpreted(_split_folded_kernel) and not wide, **consts, **norm_consts)
     elif method == "grouped":
-        del consts["NORM"], consts["EPSILON"]
         dot_fp32 = interpreted(_split_grouped_kernel) and not wide
         _split_grouped_kernel[grid](
             q, k_shared, v_shared, r_k, r_v, scales, mq, lengths, inv_freq, cos_off, sin_off, m, l, acc_s, acc_r,
@@ -621,7 +626,7 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
         _split_rebuilt_kernel[grid](
             q, k_shared, v_shared, r_k, r_v, scales, k_up, lengths, inv_freq, cos_off, sin_off, m, l, acc_s, acc_r,
             *common, k_up.stride(0), k_up.stride(1), split_len, n_splits, H, dh ** -0.5 * LOG2E,
-            DOT_FP32=interpreted(_split_rebuilt_kernel) and r_k.dtype == torch.bfloat16, **consts)
+            DOT_FP32=interpreted(_split_rebuilt_kernel) and r_k.dtype == torch.bfloat16, **consts, **norm_consts)
     _reduce_kernel[(H, B)](m, l, acc_s, acc_r, v_up, lengths, out, out.stride(0), out.stride(1),
                            v_up.stride(0), v_up.stride(1), split_len, n_splits, BLOCK_S=32, **meta)
     return out
