@@ -35,8 +35,8 @@ import torch.nn.functional as F
 import triton
 from triton.runtime.errors import OutOfResources
 
-from lrkv.kernels.fused.decode import (METHODS, TILINGS, decode, default_tiling, group_size, latent_chunks,
-                                      logit_method)
+from lrkv.kernels.fused.decode import METHODS, TILINGS, decode, default_tiling, group_size, logit_method
+from lrkv.kernels.fused.tiles import dot_tile
 from lrkv.kernels.lrkv import attend_compressed, key_scales
 from lrkv.kernels.ops import rms_norm
 from lrkv.workers.profile import copies_past_l2, copy_bandwidth, step_seconds
@@ -49,14 +49,10 @@ CANDIDATES = [("rebuilt", *TILINGS["rebuilt"]), ("folded", *TILINGS["folded"]), 
               ("folded", 128, 4, 2, 2, 8, None), ("folded", 256, 8, 2, 2, 4, None),
               ("folded", 64, 4, 3, 2, 16, 8), ("folded", 128, 8, 2, 2, 4, None),
               ("grouped", *TILINGS["grouped"]), ("grouped", 64, 8, 3, 2, 8, None), ("grouped", 128, 8, 3, 2, 8, None),
-              ("grouped", 64, 4, 2, 2, 16, None), ("grouped", 32, 4, 3, 2, 16, None),
-              # every head in one program, its latents in chunks of GROUP_COLS columns
-              ("grouped", 64, 4, 3, 2, 8, 16), ("grouped", 64, 8, 3, 2, 8, 16), ("grouped", 128, 8, 3, 2, 8, 16),
-              ("grouped", 32, 4, 3, 2, 16, 16),
+              ("grouped", 64, 4, 3, 2, 8, 1), ("grouped", 64, 4, 2, 2, 16, None), ("grouped", 32, 4, 3, 2, 16, None),
               # one tile per split at most: more, shorter programs for short contexts (launch-bound)
               ("rebuilt", 32, 2, 2, 1, 32, 1), ("rebuilt", 16, 2, 2, 1, 64, 1), ("rebuilt", 32, 4, 2, 1, 32, 1),
-              ("folded", 64, 4, 3, 1, 8, None), ("folded", 32, 4, 3, 1, 16, None), ("grouped", 32, 4, 3, 1, 16, None),
-              ("grouped", 32, 4, 3, 1, 16, 16)]
+              ("folded", 64, 4, 3, 1, 8, None), ("folded", 32, 4, 3, 1, 16, None), ("grouped", 32, 4, 3, 1, 16, None)]
 
 
 def product_tiling(B: int, T: int, r: int, scaled: bool = False) -> tuple:
@@ -200,13 +196,13 @@ def tensor_core_flops(method: str, tokens: int, H: int, dh: int, r: int, scaled:
     Multiply-adds per (token, head), folded: [cos|sin]·M_h and K_s·2B_hᵀ (dh·r each), R_k·B_hB_hᵀ (r²),
     p·R_v,h (16·r), and a share of the group's q·RoPE(K_s) and p·V_s (dh and 16·dh per token);
     rebuilt: R_k·B_h (dh·r), p·V_s (16·dh), p·R_v,h (16·r). With cached key scales folded skips the norm's
-    two (K_s·2B_hᵀ and R_k·B_hB_hᵀ). grouped (no norm work, default tiling), per program of G heads and per
-    token, for each of its n latent chunks of C columns: [cos|sin]·M_chunk (dh·C), the head sums (2·C·16,
-    high and low parts) and p·R_v (16·C); and q·RoPE(K_s) (16·dh) and p·V_s (16·dh)."""
+    two (K_s·2B_hᵀ and R_k·B_hB_hᵀ). grouped (no norm work), per program of G heads and per token:
+    [cos|sin]·M_group (dh·C for C = G·r_p latent columns), the head sums (2·C·16, high and low parts),
+    p·R_v over the group (16·C), q·RoPE(K_s) (16·dh) and p·V_s (16·dh)."""
     if method == "grouped":
-        heads = group_size(method, H, r, default_tiling(method, r, scaled)[-1])
-        cols, chunks = latent_chunks(heads, r)
-        macs = (chunks * (dh * cols + 48 * cols) + 32 * dh) / heads
+        heads = group_size(method, H, r, None)
+        cols = triton.next_power_of_2(heads) * dot_tile(r)
+        macs = (dh * cols + 48 * cols + 32 * dh) / heads
     elif method == "folded":
         macs = (dh + 16 * dh) / H + dh * r + (0 if scaled else dh * r + r * r) + 16 * r
     else:

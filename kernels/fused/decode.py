@@ -256,41 +256,44 @@ def _head_sums(x, ones, EXACT: tl.constexpr):
 def _split_grouped_kernel(Q, KS, VS, RK, RV, KSC, MQ, LENGTHS, INV_FREQ, COS, SIN, M, L, ACC_S, ACC_R,
                           sq_b, sq_h, sks_b, sks_t, svs_b, svs_t, srk_b, srk_t, srk_h, srv_b, srv_t, srv_h,
                           ssc_b, ssc_t, split_len, n_splits, n_heads, qk_scale,
-                          HEADS: tl.constexpr, HEADS_P: tl.constexpr, COLS: tl.constexpr, CHUNKS: tl.constexpr,
+                          HEADS: tl.constexpr, HEADS_P: tl.constexpr, COLS: tl.constexpr,
                           HALF: tl.constexpr, HALF_P: tl.constexpr, R: tl.constexpr, R_P: tl.constexpr,
                           BLOCK_T: tl.constexpr, SCALED: tl.constexpr, ROPE: tl.constexpr,
                           DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, EXACT_SUMS: tl.constexpr):
-    # The folded logit for a group of HEADS heads whose latents side by side are CHUNKS chunks of COLS columns
-    # (column c of chunk k: head (k·COLS + c) // R_P, rank c % R_P). Per tile and chunk one product
-    # [cos | sin] (BLOCK_T, d_h) @ M_chunk (d_h, COLS) serves the chunk's heads; the per-head row sums, and
-    # p·R_v for the chunk, are products too, so no per-head column is moved. A single chunk's M stays loaded
-    # in the program; wider groups stream theirs from L2 every tile. No norm work: key scales, or no norm.
+    # The folded logit for a group of HEADS heads whose latents side by side are COLS columns wide (column c:
+    # head c // R_P, rank c % R_P): the group's M_h are loaded once per program and every tile takes one
+    # product [cos | sin] (BLOCK_T, d_h) @ M_group (d_h, COLS), with the per-head row sums and p·R_v for
+    # the whole group as one product each. No norm work: cached key scales, or no norm.
     b, split, h0, start, end = _program_chunk(LENGTHS, split_len, HEADS)
     op = MQ.dtype.element_ty
 
     offs_t = tl.arange(0, BLOCK_T)
     offs_d = tl.arange(0, HALF_P)
     offs_h = tl.arange(0, HEADS_P)
-    offs_r = tl.arange(0, R_P)
     offs_c = tl.arange(0, COLS)
-    col_rank = offs_c % R_P
+    col_head, col_rank = offs_c // R_P, offs_c % R_P
     d_ok = offs_d < HALF
     h_ok = offs_h < HEADS
+    c_ok = (col_head < HEADS) & (col_rank < R)
 
     q = Q + b * sq_b + (h0 + offs_h)[None, :] * sq_h + offs_d[:, None]
     q1 = tl.load(q, mask=d_ok[:, None] & h_ok[None, :], other=0.0).to(op)
     q2 = tl.load(q + HALF, mask=d_ok[:, None] & h_ok[None, :], other=0.0).to(op)
     inv_freq, cos_off, sin_off = _rope_rows(INV_FREQ, COS, SIN, offs_t, offs_d, d_ok, HALF)
     no_turn = tl.zeros((BLOCK_T, HALF_P), tl.float32) + 1.0
-    if CHUNKS == 1 and R > 0:
-        m_cos, m_sin = _chunk_factors(MQ, b, n_heads, h0, 0, offs_c, offs_d, d_ok, HEADS, COLS, HALF, R, R_P)
-    # one chunk: p against every column of R_v, each head's own block kept at the end; else folded per chunk
-    acc_r = tl.zeros((HEADS_P, COLS if CHUNKS == 1 else R_P), tl.float32)
+    if R > 0:
+        mq = MQ + ((b * n_heads + h0 + col_head)[None, :] * 2 * HALF + offs_d[:, None]) * R + col_rank[None, :]
+        m_cos = tl.load(mq, mask=d_ok[:, None] & c_ok[None, :], other=0.0)
+        m_sin = tl.load(mq + HALF * R, mask=d_ok[:, None] & c_ok[None, :], other=0.0)
+        ones = tl.where(col_head[:, None] == offs_h[None, :], 1.0, 0.0).to(tl.float16)
+        rk_cols = (h0 + col_head) * srk_h + col_rank
+        rv_cols = (h0 + col_head) * srv_h + col_rank
 
     m = tl.full((HEADS_P,), float("-inf"), tl.float32)
     l = tl.zeros((HEADS_P,), tl.float32)
     acc1 = tl.zeros((HEADS_P, HALF_P), tl.float32)
     acc2 = tl.zeros((HEADS_P, HALF_P), tl.float32)
+    acc_r = tl.zeros((HEADS_P, COLS), tl.float32)  # row j against every head's R_v; its own block is kept
 
     for t0 in range(start, end, BLOCK_T):
         t = t0 + offs_t
@@ -300,20 +303,12 @@ def _split_grouped_kernel(Q, KS, VS, RK, RV, KSC, MQ, LENGTHS, INV_FREQ, COS, SI
                                                sin_off, no_turn, q1, q2, HALF, BLOCK_T, HEADS_P, ROPE,
                                                DOT_FP32, PRECISION)
         if R > 0:
-            cos_op, sin_op = cos_t.to(op), sin_t.to(op)
-            for k in tl.static_range(CHUNKS):
-                col_head = (k * COLS + offs_c) // R_P
-                c_ok = (col_head < HEADS) & (col_rank < R)
-                if CHUNKS > 1:
-                    m_cos, m_sin = _chunk_factors(MQ, b, n_heads, h0, k, offs_c, offs_d, d_ok, HEADS, COLS, HALF,
-                                                  R, R_P)
-                w = _mma(cos_op, m_cos, tl.zeros((BLOCK_T, COLS), tl.float32), DOT_FP32, PRECISION)
-                if ROPE:
-                    w = _mma(sin_op, m_sin, w, DOT_FP32, PRECISION)
-                rk = tl.load(RK + b * srk_b + t[:, None] * srk_t + ((h0 + col_head) * srk_h + col_rank)[None, :],
-                             mask=t_ok[:, None] & c_ok[None, :], other=0.0)
-                heads_of = tl.where(col_head[:, None] == offs_h[None, :], 1.0, 0.0).to(tl.float16)
-                s += _head_sums(rk.to(tl.float32) * w, heads_of, EXACT_SUMS)
+            w = _mma(cos_t.to(op), m_cos, tl.zeros((BLOCK_T, COLS), tl.float32), DOT_FP32, PRECISION)
+            if ROPE:
+                w = _mma(sin_t.to(op), m_sin, w, DOT_FP32, PRECISION)
+            rk = tl.load(RK + b * srk_b + t[:, None] * srk_t + rk_cols[None, :], mask=t_ok[:, None] & c_ok[None, :],
+                         other=0.0)
+            s += _head_sums(rk.to(tl.float32) * w, ones, EXACT_SUMS)
         if SCALED:
             s *= tl.load(KSC + b * ssc_b + t[:, None] * ssc_t + (h0 + offs_h)[None, :],
                          mask=t_ok[:, None] & h_ok[None, :], other=0.0).to(tl.float32)
@@ -322,38 +317,13 @@ def _split_grouped_kernel(Q, KS, VS, RK, RV, KSC, MQ, LENGTHS, INV_FREQ, COS, SI
         pv, alpha, m, l, acc1, acc2 = _softmax_values(s, m, l, acc1, acc2, VS, b, t, tile, offs_d, svs_b, svs_t,
                                                       HALF, DOT_FP32, PRECISION)
         if R > 0:
-            acc_r = acc_r * alpha[:, None]
-            for k in tl.static_range(CHUNKS):
-                col_head = (k * COLS + offs_c) // R_P
-                c_ok = (col_head < HEADS) & (col_rank < R)
-                rv = tl.load(RV + b * srv_b + t[:, None] * srv_t + ((h0 + col_head) * srv_h + col_rank)[None, :],
-                             mask=t_ok[:, None] & c_ok[None, :], other=0.0)
-                if CHUNKS == 1:
-                    acc_r = _mma(pv, rv, acc_r, DOT_FP32, PRECISION)
-                else:  # the chunk's product, each head's own block summed into its rank columns
-                    full = _mma(pv, rv, tl.zeros((HEADS_P, COLS), tl.float32), DOT_FP32, PRECISION)
-                    own = tl.where(offs_h[:, None] == col_head[None, :], full, 0.0)
-                    acc_r += tl.sum(tl.reshape(own, (HEADS_P, COLS // R_P, R_P)), axis=1)
+            rv = tl.load(RV + b * srv_b + t[:, None] * srv_t + rv_cols[None, :], mask=t_ok[:, None] & c_ok[None, :],
+                         other=0.0)
+            acc_r = _mma(pv, rv, acc_r * alpha[:, None], DOT_FP32, PRECISION)
 
-    if CHUNKS == 1:
-        col_head = offs_c // R_P
-        own = (offs_h[:, None] == col_head[None, :]) & h_ok[:, None] & (col_head < HEADS)[None, :] & (col_rank < R)[None, :]
-        rank_cols = col_rank
-    else:
-        own = h_ok[:, None] & (offs_r < R)[None, :]
-        rank_cols = offs_r
+    own = (offs_h[:, None] == col_head[None, :]) & h_ok[:, None] & c_ok[None, :]
     _store_partials(M, L, ACC_S, ACC_R, m, l, acc1, acc2, acc_r, b, n_heads, h0, split, n_splits, offs_h, h_ok,
-                    offs_d, d_ok, rank_cols, own, HALF, R)
-
-
-@triton.jit
-def _chunk_factors(MQ, b, n_heads, h0, k, offs_c, offs_d, d_ok, HEADS: tl.constexpr, COLS: tl.constexpr,
-                   HALF: tl.constexpr, R: tl.constexpr, R_P: tl.constexpr):
-    # [M_cos; M_sin] of latent chunk k's columns (d_h/2 × COLS each), zero past the group or the rank
-    col_head, col_rank = (k * COLS + offs_c) // R_P, offs_c % R_P
-    ok = d_ok[:, None] & ((col_head < HEADS) & (col_rank < R))[None, :]
-    mq = MQ + ((b * n_heads + h0 + col_head)[None, :] * 2 * HALF + offs_d[:, None]) * R + col_rank[None, :]
-    return tl.load(mq, mask=ok, other=0.0), tl.load(mq + HALF * R, mask=ok, other=0.0)
+                    offs_d, d_ok, col_rank, own, HALF, R)
 
 
 @triton.jit
@@ -515,7 +485,7 @@ def _sm_count(device: torch.device) -> int:
 # benchmarks/decode.py's candidates on an H100 (benchmarks/NOTES.md). The folded kernel takes wider
 # tiles from r > 32 on, so the per-head matrices it streams are amortised over more tokens; with cached
 # key scales it streams one matrix per head instead of three, and wide tiles pay only from r > 64 (H200).
-# "grouped" takes heads_per_program None as: as many heads as fill GROUP_COLS latent columns (one chunk).
+# "grouped" takes heads_per_program None as: as many heads as fill GROUP_COLS latent columns.
 TILINGS = {"rebuilt": (32, 2, 2, 4, 32, 1), "folded": (64, 4, 3, 2, 8, None), "folded-wide": (128, 8, 3, 2, 8, None),
            "grouped": (64, 4, 3, 2, 8, None)}
 GROUP_COLS = 128
@@ -556,14 +526,6 @@ def group_size(method: str, n_heads: int, rank: int, heads_per_program: int | No
     if heads_per_program is None:
         heads_per_program = max(1, GROUP_COLS // dot_tile(rank)) if method == "grouped" else 16
     return max(d for d in range(1, min(heads_per_program, n_heads) + 1) if n_heads % d == 0)
-
-
-def latent_chunks(heads: int, rank: int) -> tuple[int, int]:
-    """(columns, count) of the latent chunks a grouped program takes per product: its heads' latents side by
-    side, cut into chunks of GROUP_COLS columns (or one head's, if wider)."""
-    width = triton.next_power_of_2(heads) * dot_tile(rank)
-    cols = min(width, max(GROUP_COLS, dot_tile(rank)))
-    return cols, triton.cdiv(heads * dot_tile(rank), cols)
 
 
 def default_tiling(method: str, rank: int, scaled: bool = False) -> tuple:
@@ -656,10 +618,9 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
             DOT_FP32=interpreted(_split_folded_kernel) and not wide, **consts, **norm_consts)
     elif method == "grouped":
         dot_fp32 = interpreted(_split_grouped_kernel) and not wide
-        cols, chunks = latent_chunks(heads, r)
         _split_grouped_kernel[grid](
             q, k_shared, v_shared, r_k, r_v, scales, mq, lengths, inv_freq, cos_off, sin_off, m, l, acc_s, acc_r,
-            *common, split_len, n_splits, H, dh ** -0.5 * LOG2E, COLS=cols, CHUNKS=chunks,
+            *common, split_len, n_splits, H, dh ** -0.5 * LOG2E, COLS=triton.next_power_of_2(heads) * meta["R_P"],
             DOT_FP32=dot_fp32, EXACT_SUMS=dot_fp32 or wide, **consts)
     else:
         _split_rebuilt_kernel[grid](

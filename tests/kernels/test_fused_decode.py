@@ -83,18 +83,6 @@ def test_head_groups_agree(heads_per_program, block_t, r, method):
                                rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("H,dh,r", [(4, 64, 64), (16, 32, 16), (6, 32, 48), (2, 32, 160)])
-@pytest.mark.parametrize("scaled", [True, False])
-def test_grouped_cuts_wide_groups_into_chunks(H, dh, r, scaled):
-    """All heads in one program, their latents in 128-column chunks (3 of them for 6 heads at r = 48, one
-    head's 256 columns at r = 160) give the reference answer, with key scales and without a norm."""
-    q, rows, k_up, v_up, lengths = compressed_cache(3, 40, H, dh, r, [40, 9, 23], seed=H + r)
-    out = run(q, rows, k_up, v_up, lengths, scaled, THETA, method="grouped", block_t=16, splits=2,
-              heads_per_program=16)
-    torch.testing.assert_close(out.double(), reference(q, rows, k_up, v_up, lengths, scaled, THETA),
-                               rtol=1e-4, atol=1e-4)
-
-
 @pytest.mark.parametrize("method", METHODS)
 def test_bf16_within_tolerance(method):
     q, rows, k_up, v_up, lengths = compressed_cache(2, 48, 4, 32, 16, [48, 20], seed=3, dtype=torch.bfloat16)
