@@ -158,7 +158,8 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, KSC, MQ, BT2, GRAM, LENGTHS, INV_FRE
                          HEADS: tl.constexpr, HEADS_P: tl.constexpr,
                          HALF: tl.constexpr, HALF_P: tl.constexpr, R: tl.constexpr, R_P: tl.constexpr,
                          BLOCK_T: tl.constexpr, NORM: tl.constexpr, SCALED: tl.constexpr, ROPE: tl.constexpr,
-                         DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, EPSILON: tl.constexpr):
+                         DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, EPSILON: tl.constexpr,
+                         SUMS_BY_DOT: tl.constexpr, EXACT_SUMS: tl.constexpr):
     # One program streams a chunk of one sequence for a group of HEADS heads. Per-head tensors are
     # (BLOCK_T, HEADS_P) with one column per head, or (HEADS_P, ·) with one row per head.
     b, split, h0, start, end = _program_chunk(LENGTHS, split_len, HEADS)
@@ -211,7 +212,11 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, KSC, MQ, BT2, GRAM, LENGTHS, INV_FRE
                 if ROPE:
                     w = _mma(sin_op, tl.load(mq + HALF * R, mask=mr_ok, other=0.0), w, DOT_FP32, PRECISION)
                 rk32 = rk.to(tl.float32)
-                s = tl.where(offs_h[None, :] == j, s + tl.sum(rk32 * w, axis=1)[:, None], s)
+                if SUMS_BY_DOT:  # the row sums land in head j's column as a product: no layout change
+                    to_head = tl.where(r_ok[:, None] & (offs_h[None, :] == j), 1.0, 0.0).to(tl.bfloat16)
+                    s += _head_sums(rk32 * w, to_head, EXACT_SUMS)
+                else:
+                    s = tl.where(offs_h[None, :] == j, s + tl.sum(rk32 * w, axis=1)[:, None], s)
                 if NORM and not SCALED:
                     bt = BT2 + (h * 2 * HALF + offs_d[:, None]) * R + offs_r[None, :]
                     n = _mma(ks1_raw, tl.load(bt, mask=mr_ok, other=0.0), tl.zeros((BLOCK_T, R_P), tl.float32),
@@ -244,11 +249,12 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, KSC, MQ, BT2, GRAM, LENGTHS, INV_FRE
 @triton.jit
 def _head_sums(x, ones, EXACT: tl.constexpr):
     # Per-head sums of x's columns as a product with the 0/1 matrix `ones` (column → head), in fp32 when
-    # EXACT, else as fp16 high and low parts (22 significant bits)
+    # EXACT, else as bf16 high and low parts: 16 significant bits, and fp32's range, so the terms of large
+    # pre-norm keys cannot overflow
     if EXACT:
         return tl.dot(x, ones.to(x.dtype), input_precision="ieee")
-    high = x.to(tl.float16)
-    low = (x - high.to(tl.float32)).to(tl.float16)
+    high = x.to(tl.bfloat16)
+    low = (x - high.to(tl.float32)).to(tl.bfloat16)
     return tl.dot(low, ones, acc=tl.dot(high, ones))
 
 
@@ -285,7 +291,7 @@ def _split_grouped_kernel(Q, KS, VS, RK, RV, KSC, MQ, LENGTHS, INV_FREQ, COS, SI
         mq = MQ + ((b * n_heads + h0 + col_head)[None, :] * 2 * HALF + offs_d[:, None]) * R + col_rank[None, :]
         m_cos = tl.load(mq, mask=d_ok[:, None] & c_ok[None, :], other=0.0)
         m_sin = tl.load(mq + HALF * R, mask=d_ok[:, None] & c_ok[None, :], other=0.0)
-        ones = tl.where(col_head[:, None] == offs_h[None, :], 1.0, 0.0).to(tl.float16)
+        ones = tl.where(col_head[:, None] == offs_h[None, :], 1.0, 0.0).to(tl.bfloat16)
         rk_cols = (h0 + col_head) * srk_h + col_rank
         rv_cols = (h0 + col_head) * srv_h + col_rank
 
@@ -493,6 +499,9 @@ GROUP_COLS = 128
 # (H200, T = 2K: folded at B = 8 went from 8 to 32 splits and 26–31 % faster; where min_tiles already gave
 # two programs per SM, a tile a split was no faster).
 FILL = 2
+# Folded with cached key scales sums each head's logit terms as a product with a 0/1 matrix up to this rank:
+# 4–8 % faster at r ≤ 32 on an H200, 9–13 % slower at r ≥ 64, and 14–34 % slower where it also sums the norm.
+SUMS_BY_DOT_MAX_RANK = 32
 METHODS = ("folded", "grouped", "rebuilt")
 
 
@@ -612,10 +621,12 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
             _prepare_kernel[(H, B)](q, k_up, mq, bt2, gram, q.stride(0), q.stride(1), k_up.stride(0),
                                     k_up.stride(1), H, NORM_FACTORS=factors, **meta)
     if method == "folded":
+        dot_fp32 = interpreted(_split_folded_kernel) and not wide
         _split_folded_kernel[grid](
             q, k_shared, v_shared, r_k, r_v, scales, mq, bt2, gram, lengths, inv_freq, cos_off, sin_off, m, l, acc_s,
             acc_r, *common, split_len, n_splits, H, dh ** -0.5 * LOG2E,
-            DOT_FP32=interpreted(_split_folded_kernel) and not wide, **consts, **norm_consts)
+            DOT_FP32=dot_fp32, SUMS_BY_DOT=scaled and meta["R_P"] <= SUMS_BY_DOT_MAX_RANK,
+            EXACT_SUMS=dot_fp32 or wide, **consts, **norm_consts)
     elif method == "grouped":
         dot_fp32 = interpreted(_split_grouped_kernel) and not wide
         _split_grouped_kernel[grid](

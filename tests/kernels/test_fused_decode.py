@@ -91,6 +91,19 @@ def test_bf16_within_tolerance(method):
     assert ((out.double() - expected).norm() / expected.norm()) < 1e-2
 
 
+@pytest.mark.parametrize("method,scaled", [("folded", False), ("folded", True), ("grouped", True),
+                                           ("rebuilt", False), ("rebuilt", True)])
+def test_large_pre_norm_keys_stay_within_tolerance(method, scaled):
+    """Keys whose latents are 10⁴ times larger than usual (the norm divides it out again): on the GPU the
+    per-head sums run as bf16 parts, which must neither overflow nor lose the answer."""
+    q, rows, k_up, v_up, lengths = compressed_cache(2, 48, 4, 32, 16, [48, 20], seed=5, dtype=torch.bfloat16)
+    rows["k_shared"], rows["r_k"] = rows["k_shared"] * 1e4, rows["r_k"] * 1e4
+    k_scale = cached_key_scales(rows, k_up) if scaled else None
+    out = run(q, rows, k_up, v_up, lengths, True, THETA, method=method, block_t=16, k_scale=k_scale)
+    expected = reference(q, rows, k_up, v_up, lengths, True, THETA)
+    assert ((out.double() - expected).norm() / expected.norm()) < 1e-2
+
+
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("dh,r,dtype", [(32, 4, torch.float32), (32, 16, torch.float32), (64, 64, torch.float32),
                                         (32, 16, torch.bfloat16)])
