@@ -28,6 +28,7 @@ from lrkv.kernels import ConfigError
 
 DEFAULT_WORKSPACE = "lrkv-runs"
 RETRY_SECONDS = 300  # how long a store call keeps retrying while the database restarts
+RETRY_FIRST_DELAY = 0.5  # seconds before the first retry; each further one waits twice as long, up to 8 s
 log = logging.getLogger("lrkv.stores")
 
 
@@ -157,10 +158,21 @@ def _first_line(exc: BaseException) -> str:
     return redact((str(exc).strip().splitlines() or [""])[0])[:200]
 
 
+def _chain(exc: BaseException | None):
+    """An error and the ones it was raised from, outermost first (Optuna wraps the driver's error,
+    sometimes twice: StorageInternalError <- PendingRollbackError <- OperationalError)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
 def _transient(exc: BaseException) -> bool:
     """A lost connection (the database restarting), as opposed to a wrong query or a conflict."""
-    for e in (exc, exc.__cause__, exc.__context__):
-        if isinstance(e, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+    for e in _chain(exc):
+        if isinstance(e, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+                          sqlalchemy.exc.PendingRollbackError)):  # the last: raised only after a connection died
             return True
         if isinstance(e, sqlalchemy.exc.DBAPIError) and e.connection_invalidated:
             return True
@@ -170,14 +182,16 @@ def _transient(exc: BaseException) -> bool:
 def _retrying(method):
     @functools.wraps(method)
     def call(self, *args, **kwargs):
-        delay, deadline = 0.5, time.monotonic() + RETRY_SECONDS
+        delay, deadline = RETRY_FIRST_DELAY, time.monotonic() + RETRY_SECONDS
         while True:
             try:
                 return method(self, *args, **kwargs)
             except Exception as exc:
                 if not _transient(exc) or time.monotonic() > deadline:
                     raise
-                log.warning("study storage unreachable (%s); retrying in %.1f s", _first_line(exc), delay)
+                root = list(_chain(exc))[-1]
+                log.warning("study storage unreachable (%s); retrying in %.1f s", _first_line(root), delay)
+                self.scoped_session.remove()  # a session whose connection died cannot be reused
                 time.sleep(delay)
                 delay = min(2 * delay, 8.0)
     return call

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from lrkv.orchestrator import stores
 from lrkv.orchestrator.stores import Stores
 
-from .conftest import PASSWORD
+from .conftest import PASSWORD, PG_ADMIN
 from .test_sweep import LRKV, write_spec
 
 
@@ -89,6 +91,58 @@ def test_postgres_down_at_start_is_one_line_exit_2(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: --storage: expected a reachable database")
     assert "postgresql://postgres:***@127.0.0.1:1/lrkv" in lines[0] and PASSWORD not in done.stderr
     assert not (tmp_path / "ws").exists()
+
+
+class BackendKiller:
+    """Terminates the storage's own PostgreSQL connection just before its n-th statement: the
+    connection dies inside a transaction, as when the server restarts mid-call."""
+
+    def __init__(self, engine):
+        self.admin = sqlalchemy.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+        self.count, self.at = 0, None
+        sqlalchemy.event.listen(engine, "before_cursor_execute", self.before)
+
+    def before(self, conn, *_):
+        self.count += 1
+        if self.count == self.at:
+            with self.admin.connect() as c:
+                c.execute(sqlalchemy.text("SELECT pg_terminate_backend(:pid)"),
+                          {"pid": conn.connection.dbapi_connection.info.backend_pid})
+
+    def statements(self, call) -> int:
+        self.count, self.at = 0, None
+        call()
+        return self.count
+
+    def kill_at(self, n: int, call):
+        self.count, self.at = 0, n
+        return call()
+
+
+def test_connection_lost_inside_any_statement_of_a_call_is_retried(pg_database, monkeypatch, caplog):
+    """Wherever the connection dies, the call is retried on a fresh session: reads return every trial,
+    an ask/tell makes exactly one COMPLETE trial (nothing duplicated, nothing left RUNNING)."""
+    monkeypatch.setattr(stores, "RETRY_FIRST_DELAY", 0.01)
+    storage = Stores.resolve(None, pg_database).optuna_storage()
+    study = optuna.create_study(study_name="kill", storage=storage, directions=["minimize", "minimize"])
+    told = []
+
+    def ask_tell():
+        trial = study.ask()
+        study.tell(trial, [trial.suggest_int("rank", 0, 128), 1.0])
+        told.append(trial.number)
+
+    def read():
+        assert [t.number for t in study.get_trials(deepcopy=False)] == told
+
+    killer = BackendKiller(storage.engine)
+    for call in (ask_tell, read):
+        for n in range(1, killer.statements(call) + 1):
+            killer.kill_at(n, call)
+    trials = study.get_trials(deepcopy=False)
+    assert len(trials) == len(told) > 30 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert "retrying" in caplog.text and "terminating connection" in caplog.text
+    killer.admin.dispose()
 
 
 def test_postgres_restart_mid_sweep(tmp_path, pg_database):
