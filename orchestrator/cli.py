@@ -101,7 +101,7 @@ StorageOpt = typer.Option(None, "--storage", help="Optuna storage: SQLAlchemy UR
 TrackingOpt = typer.Option(None, "--tracking-uri", help="MLflow tracking URI [env LRKV_TRACKING_URI].")
 WorkspaceOpt = typer.Option(None, "--workspace", help="Folder of the embedded stores [env LRKV_WORKSPACE; ./lrkv-runs].")
 HostOpt = typer.Option("127.0.0.1", help="Interface to bind (local only by default).")
-AddressOpt = typer.Option(None, "--address", help="Ray cluster address [env RAY_ADDRESS]; default: a local Ray.")
+AddressOpt = typer.Option(None, "--address", envvar="RAY_ADDRESS", help="Ray cluster address; default: a local Ray.")
 
 
 def _stores(workspace, storage, tracking_uri, spec=None):
@@ -142,7 +142,6 @@ def sweep_run(spec_file: Path = typer.Argument(..., help="Sweep spec (YAML)."), 
         sent = json.loads(stores_file.read_text())
         storage, tracking_uri = storage or sent["storage"], tracking_uri or sent["tracking_uri"]
     stores = _stores(workspace, storage, tracking_uri, spec)
-    address = address or os.environ.get("RAY_ADDRESS")
     if if_exists == "resume" and spec.name in _study_names(stores):
         stored = open_study(stores, spec.name).user_attrs.get("digest")
         if stored != spec.digest():
@@ -156,7 +155,8 @@ def sweep_run(spec_file: Path = typer.Argument(..., help="Sweep spec (YAML)."), 
 @sweep_app.command("submit")
 @user_errors
 def sweep_submit(spec_file: Path = typer.Argument(..., help="Sweep spec (YAML)."),
-                 address: str = typer.Option(..., "--address", help="Ray dashboard / job API, e.g. http://HEAD:8265."),
+                 address: str = typer.Option(..., "--address", envvar="RAY_ADDRESS",
+                                              help="Ray dashboard / job API, e.g. http://HEAD:8265."),
                  workspace: Path | None = WorkspaceOpt, storage: str | None = StorageOpt,
                  tracking_uri: str | None = TrackingOpt):
     """Send a sweep to a Ray cluster as a job and return at once; the driver runs on the head node."""
@@ -206,8 +206,7 @@ def sweep_resume(name: str, workspace: Path | None = WorkspaceOpt, storage: str 
                  tracking_uri: str | None = TrackingOpt, address: str | None = AddressOpt):
     """Continue a sweep from its study: finished trials stay, interrupted ones run again."""
     from lrkv.orchestrator.driver import SweepDriver
-    _drive(SweepDriver.resume(name, _stores(workspace, storage, tracking_uri),
-                              address=address or os.environ.get("RAY_ADDRESS")))
+    _drive(SweepDriver.resume(name, _stores(workspace, storage, tracking_uri), address=address))
 
 
 @sweep_app.command("status")
@@ -515,5 +514,40 @@ def dashboard(workspace: Path | None = WorkspaceOpt, storage: str | None = Stora
     optuna_dashboard.run_server(stores.optuna_storage(), host=host, port=port)
 
 
+try:
+    from typer._click import exceptions as click_errors  # newer typer vendors click
+except ImportError:
+    from click import exceptions as click_errors
+
+
+def usage_error_line(exc) -> str:
+    """A click usage error (missing or unknown option, a value of the wrong type) in the one-line form."""
+    param = getattr(exc, "param", None)
+    field = (param.opts[0] if param.opts else param.name) if param is not None else None
+    if isinstance(exc, click_errors.NoSuchOption):
+        return f"error: {exc.option_name}: expected one of the command's options (see --help)"
+    if isinstance(exc, click_errors.MissingParameter) and field:
+        env = f" (or {param.envvar})" if getattr(param, "envvar", None) else ""
+        return f"error: {field}: expected a value{env}, got none"
+    message = " ".join((exc.message if isinstance(exc, click_errors.BadParameter) else exc.format_message()).split())
+    return f"error: {field}: {message}" if field else f"error: {message}"
+
+
+def main() -> None:
+    """The `lrkv` command: click's usage errors exit 2 with one line, as the commands' own errors do."""
+    try:
+        code = typer.main.get_command(app).main(standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as exc:
+        typer.echo(exc.ctx.get_help())
+        code = 2
+    except click_errors.UsageError as exc:
+        typer.echo(usage_error_line(exc), err=True)
+        code = 2
+    except click_errors.Abort:
+        typer.echo("aborted", err=True)
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 if __name__ == "__main__":
-    sys.exit(app())
+    main()

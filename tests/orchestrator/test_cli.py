@@ -1,5 +1,6 @@
 """The `lrkv` command as a user runs it: real processes, exit codes, one-line errors, JSON output."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +12,8 @@ from ..workers.conftest import CORPUS
 LRKV = str(Path(sys.executable).parent / "lrkv")
 
 
-def lrkv(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([LRKV, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+def lrkv(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([LRKV, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
 
 
 def test_cache_calculator_matches_the_paper_formula():
@@ -62,6 +63,23 @@ def test_bad_input_is_one_line_exit_2(args, field, tmp_path):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {field}: expected "), done.stderr
     assert not (tmp_path / "lrkv-runs").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("args, line", [
+    (["cache", "--n-heads", "x"], "error: --n-heads: Input should be a valid integer"),
+    (["cache", "--bogus"], "error: --bogus: expected one of the command's options (see --help)"),
+    (["sweep", "run"], "error: spec_file: expected a value, got none"),
+    (["sweep", "submit", "spec.yaml"], "error: --address: expected a value (or RAY_ADDRESS), got none"),
+])
+def test_usage_errors_are_one_line_exit_2(args, line, tmp_path):
+    """What the argument parser refuses (an unknown option, a missing one, a value of the wrong type)
+    reads like every other bad input: one line naming the option, exit code 2."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = lrkv(*args, cwd=tmp_path, env=env)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(line), done.stderr
+    assert not list(tmp_path.iterdir())
 
 
 def test_bad_yaml_files(tmp_path):

@@ -1,5 +1,6 @@
-"""Sweeps through the driver in-process. Trials that fail — out of memory, a NaN loss — are recorded with their reason and the sweep goes on;
-a size that ran out of memory is not tried again at the same or a larger parameter count."""
+"""Sweeps through the driver in-process. Trials that fail — out of memory, a NaN loss — or are stopped early
+are recorded with their reason and the sweep goes on; a size that ran out of memory is not tried again at the
+same or a larger parameter count. Every sampler runs a real sweep."""
 import optuna
 import pytest
 import ray
@@ -20,10 +21,10 @@ def local_ray():
     ray.shutdown()
 
 
-def spec_for(tmp_path, name, sizes, **extra):
+def spec_for(tmp_path, name, sizes, space=(), **extra):
     return parse_spec({
         "name": name, "objectives": {"val_bpb": "min", "kv_cache_bytes": "min"},
-        "space": {"sizes": sizes, "rank": {"fractions": [0.0, 0.5]}},
+        "space": {"sizes": sizes, "rank": {"fractions": [0.0, 0.5]}, **dict(space)},
         "budget": extra.pop("budget", {"tokens_per_trial": 1024, "trials": 4, "concurrency": 1}),
         "data": {"source": str(CORPUS), "seq_len": 32, "cache_dir": str(tmp_path / "cache")},
         "train": {"batch_size": 8, "eval_every": 2, "eval_blocks": 4, **extra.pop("train", {})}, **extra})
@@ -79,3 +80,50 @@ def test_grid_runs_every_point_once_then_stops(tmp_path):
     ran = [t for t in study.get_trials() if t.user_attrs.get("launched")]
     assert sorted(t.user_attrs["label"] for t in ran) == ["lrkv0", "lrkv4", "mqa"]
     assert all(t.state == TrialState.COMPLETE for t in ran)
+
+
+TINY = {"name": "tiny", "d_model": 32, "n_layers": 1, "n_heads": 4}
+
+
+def test_a_trial_beaten_by_a_cheaper_one_is_stopped_and_the_references_never_are(tmp_path):
+    """Frontier-fair stopping in a real sweep. The references train at the middle of a wide learning-rate
+    range; sampled trials far below it barely learn, so a reference that caches no more beats them by
+    the margin and they are stopped. Each stop is checked against the recorded curves."""
+    margin = 0.05
+    spec = spec_for(tmp_path, "stopping", [TINY], space={"rank": {"fractions": [0.0, 0.25, 0.5, 1.0]},
+                                                         "lr": {"low": 1e-5, "high": 10.0}},
+                    baselines=["mqa"], sampler={"kind": "random", "seed": 3},
+                    pruning={"margin": margin, "grace": 0.25},
+                    budget={"tokens_per_trial": 4096, "trials": 11, "concurrency": 1})
+    study, client = run(tmp_path, spec)
+    ran = sorted((t for t in study.get_trials() if t.user_attrs.get("launched")), key=lambda t: t.number)
+    references = ran[:5]  # launched first
+    assert sorted(t.user_attrs["label"] for t in references) == ["lrkv0", "lrkv2", "lrkv4", "lrkv8", "mqa"]
+    assert all(t.state == TrialState.COMPLETE and t.params["lr"] == pytest.approx(1e-2) for t in references)
+    pruned = [t for t in ran if t.state == TrialState.PRUNED]
+    assert pruned, [(t.params, t.user_attrs.get("curve")) for t in ran]
+    for t in pruned:
+        tokens, loss = t.user_attrs["curve"][-1]
+        assert tokens < 4096 and "a trial costing no more" in t.user_attrs["reason"]
+        cache = t.user_attrs["record"]["kv_cache_bytes_per_token"]
+        # Concurrency 1: every trial that could have stopped it had finished before it started.
+        beaten_by = [o for o in ran if o.number < t.number and o.user_attrs.get("curve")
+                     and o.user_attrs["record"]["kv_cache_bytes_per_token"] <= cache
+                     and dict(map(tuple, o.user_attrs["curve"])).get(tokens, float("inf")) < loss - margin]
+        assert beaten_by, (t.number, tokens, loss)
+        mlflow_run = client.get_run(t.user_attrs["mlflow_run_id"])
+        assert mlflow_run.info.status == "KILLED" and mlflow_run.data.tags["lrkv.state"] == "pruned"
+        assert mlflow_run.data.tags["lrkv.reason"] == t.user_attrs["reason"]
+
+
+@pytest.mark.parametrize("kind", ["tpe", "nsga2", "gp", "random"])
+def test_every_sampler_runs_a_sweep(tmp_path, kind):
+    """Past its one start-up trial the sampler proposes from its model; every proposal is a new point."""
+    spec = spec_for(tmp_path, kind, [TINY], space={"rank": {"values": list(range(9))}}, anchors=False,
+                    sampler={"kind": kind, "seed": 0, "startup_trials": 1},
+                    budget={"tokens_per_trial": 512, "trials": 4, "concurrency": 1})
+    study, _ = run(tmp_path, spec)
+    ran = [t for t in study.get_trials() if t.user_attrs.get("launched")]
+    assert len(ran) == 4 and all(t.state == TrialState.COMPLETE and len(t.values) == 2 for t in ran)
+    assert len({t.params["rank"] for t in ran}) == 4
+    assert study.user_attrs["spec"]["sampler"]["kind"] == kind

@@ -82,8 +82,8 @@ def test_submit_returns_at_once_and_the_cluster_runs_the_sweep(tmp_path, ray_hea
     assert "lrkv-submitted" in listing and "--stores-file" in listing
     assert str(ws) not in listing and "mlflow.db" not in listing
 
-    again = subprocess.run([LRKV, "sweep", "submit", str(spec), "--address", address, "--workspace", str(ws)],
-                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    again = subprocess.run([LRKV, "sweep", "submit", str(spec), "--workspace", str(ws)],  # the address from RAY_ADDRESS
+                           cwd=tmp_path, env={**env, "RAY_ADDRESS": address}, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2
     assert again.stderr.strip() == "error: name: expected a sweep name not yet submitted to this cluster, got 'submitted'"
 

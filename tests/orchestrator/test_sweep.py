@@ -4,6 +4,7 @@ Each test drives `lrkv` as a user does (a subprocess), then reads the stores bac
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -101,6 +102,8 @@ def test_quickstart_style_sweep_end_to_end(tmp_path):
         for metric in ("val_bpb", "kv_cache_bytes_per_token", "flops_per_token", "tokens_per_s", "params"):
             assert metric in run.data.metrics, metric
         assert run.data.params["optuna_trial_number"] == str(t.number)
+        assert set(t.params) | {"model.attention.d_model", "model.n_layers", "train.lr"} <= set(run.data.params)  # the point and its config
+        assert run.data.tags["lrkv.spec_digest"] == study.user_attrs["digest"]
         if t.state == TrialState.COMPLETE:
             assert run.data.metrics["val_bpb"] == pytest.approx(t.values[0])
             assert run.data.metrics["kv_cache_bytes_per_token"] == t.values[1]
@@ -115,6 +118,15 @@ def test_quickstart_style_sweep_end_to_end(tmp_path):
     assert set(front) == {"d32"} | ({"d64"} if any(t.params["size"] == "d64" for t in trials) else set())
     status = json.loads(lrkv("sweep", "status", "e2e", "--workspace", str(ws), "--json", cwd=tmp_path).stdout)
     assert status["e2e"]["counts"].get("running", 0) == 0
+    # The workspace from the environment: the front as tables, every sweep's status and the list of sweeps.
+    env = {**os.environ, "LRKV_WORKSPACE": str(ws)}
+    tables = subprocess.run([LRKV, "pareto", "e2e"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert tables.returncode == 0 and "Pareto front · d32" in tables.stdout
+    every = subprocess.run([LRKV, "sweep", "status", "--json"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert json.loads(every.stdout) == status
+    listing = subprocess.run([LRKV, "sweep", "list"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert re.search(r"e2e\s*│\s*8\s*│\s*8\s*│\s*0\s*│\s*—", listing.stdout), listing.stdout
 
     # A second sweep of the same name is refused with one line and exit code 2.
     again = lrkv("sweep", "run", str(spec), "--workspace", str(ws), cwd=tmp_path)
