@@ -71,9 +71,10 @@ def base_spec(tokens: int) -> dict:
     }
 
 
-def make_spec(base: dict, name: str, kind: str, seed: int, trials: int, pruning: bool, anchors: bool):
+def make_spec(base: dict, name: str, kind: str, seed: int, trials: int, pruning: bool, anchors: bool,
+              margin: float = 0.05):
     raw = json.loads(json.dumps(base))
-    raw |= {"name": name, "anchors": anchors, "pruning": {"enabled": pruning},
+    raw |= {"name": name, "anchors": anchors, "pruning": {"enabled": pruning, "margin": margin},
             "sampler": {"kind": kind, "seed": seed}}
     raw["budget"]["trials"] = trials
     return parse_spec(raw, source=name)
@@ -128,6 +129,8 @@ def main() -> None:
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.35, 0.5],
                         help="trial budgets of random / default, as fractions of the number of points")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampler seeds")
+    parser.add_argument("--margin", type=float, default=0.05,
+                        help="frontier-fair stopping's margin (bits/byte) for the default sampler")
     parser.add_argument("--out", type=Path, default=RESULTS / "sweep_efficiency-cpu.json")
     args = parser.parse_args()
 
@@ -157,7 +160,7 @@ def main() -> None:
     for i, (method, kind, seed, frac, pruning, anchors) in enumerate(plan):
         trials_budget = n_points if method == "grid" else max(1, round(frac * n_points))
         name = f"eff-{method}-{round(100 * frac)}pct-s{seed}"
-        spec = make_spec(base, name, kind, seed, trials_budget, pruning, anchors)
+        spec = make_spec(base, name, kind, seed, trials_budget, pruning, anchors, args.margin)
         trials, wall = run_sweep(spec)
         rows = trial_rows(trials, objectives)
         runs.append({"run": name, "method": method, "sampler": kind, "seed": seed, "budget_fraction": frac,
