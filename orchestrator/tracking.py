@@ -80,6 +80,9 @@ class Tracker:
                     metrics.append(Metric(f"curve.{key}", point[key], now, point["step"]))
             metrics += [Metric(k, float(v), now, record.get("steps", 0)) for k, v in record.items()
                         if v is not None and (k in FINAL_METRICS or k.startswith(DECODE_METRICS))]
+            for i, sample in enumerate(record.get("system", [])):  # MLflow's System metrics tab shows system/*
+                at = int(sample["time"] * 1000)
+                metrics += [Metric(f"system/{k}", float(v), at, i) for k, v in sample.items() if k != "time"]
         metrics += [Metric(f"objective.{k}", float(v), now, 0) for k, v in (objectives or {}).items()]
         tags = [RunTag("lrkv.state", status)] + ([RunTag("lrkv.reason", reason[:4000])] if reason else [])
         if record and record.get("gpu_ids"):  # where Ray placed the trial

@@ -7,6 +7,7 @@ A NaN or infinite loss raises TrialDiverged, so a sweep records the trial as fai
 from __future__ import annotations
 
 import math
+import os
 import resource
 import sys
 import threading
@@ -29,32 +30,67 @@ WARMUP_STEPS = 3  # left out of tokens/s
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
 
 
-class GpuSampler:
-    """Samples the card's utilisation (NVML, through torch) twice a second while training runs:
-    the system metric a sweep logs beside each trial. Shared cards report the whole card."""
+class SystemSampler:
+    """The trial's system metrics, sampled while it trains: the process's CPU use and resident memory and,
+    on CUDA, the card's utilisation (NVML through torch; a shared card reports the whole card) and the memory
+    this process holds. The sweep logs them as MLflow system metrics. Whenever `max_samples` are held, every
+    other one is dropped and the interval doubles, so a long trial keeps a short, evenly spaced record."""
 
-    def __init__(self, device: torch.device):
-        self.device, self.samples = device, []
+    def __init__(self, device: torch.device, interval: float = 0.5, max_samples: int = 128):
+        self.device, self.interval, self.max_samples = device, interval, max_samples
+        self.samples: list[dict] = []
         self.done = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True) if device.type == "cuda" else None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _cpu_seconds(self) -> float:
+        times = os.times()
+        return times.user + times.system
+
+    def _sample(self) -> None:
+        now, cpu = time.monotonic(), self._cpu_seconds()
+        sample = {"time": time.time(),
+                  "cpu_utilization_percentage": 100 * (cpu - self.cpu) / max(now - self.last, 1e-6)}
+        self.last, self.cpu = now, cpu
+        rss = resident_bytes()
+        if rss:
+            sample["memory_rss_megabytes"] = rss / 2**20
+        if self.device.type == "cuda":
+            sample["gpu_memory_reserved_megabytes"] = torch.cuda.memory_reserved(self.device) / 2**20
+            try:
+                sample["gpu_utilization_percentage"] = float(torch.cuda.utilization(self.device))
+            except Exception:  # no NVML: no utilisation, never a failed trial
+                pass
+        self.samples.append(sample)
+        if len(self.samples) >= self.max_samples:
+            del self.samples[1::2]
+            self.interval *= 2
 
     def _run(self) -> None:
-        while not self.done.wait(0.5):
-            try:
-                self.samples.append(torch.cuda.utilization(self.device))
-            except Exception:  # no NVML: no samples, never a failed trial
-                return
+        while not self.done.wait(self.interval):
+            self._sample()
 
     def __enter__(self):
-        if self.thread:
-            self.thread.start()
+        self.last, self.cpu = time.monotonic(), self._cpu_seconds()
+        self.thread.start()
         return self
 
     def __exit__(self, *exc):
         self.done.set()
+        self.thread.join()
+        self._sample()  # the last stretch: a trial shorter than one interval still has a sample
 
-    def mean(self) -> float | None:
-        return sum(self.samples) / len(self.samples) if self.samples else None
+    def mean(self, key: str) -> float | None:
+        values = [s[key] for s in self.samples if key in s]
+        return sum(values) / len(values) if values else None
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory (Linux /proc; None elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class TrialDiverged(RuntimeError):
@@ -147,8 +183,8 @@ def train(config: TrialConfig, report: Report | None = None, progress: bool = Fa
     step = 0
 
     bar = TrainProgress(steps) if progress else None
-    gpu = GpuSampler(device)
-    with bar or nullcontext(), gpu:
+    system = SystemSampler(device)
+    with bar or nullcontext(), system:
         for step in range(1, steps + 1):
             t0 = time.perf_counter()
             idx = torch.randint(len(data.train), (cfg.batch_size,), generator=sampler)
@@ -200,7 +236,7 @@ def train(config: TrialConfig, report: Report | None = None, progress: bool = Fa
         "tokens_per_s": tokens_per_s,
         "mfu": flops_per_token * tokens_per_s / peak if peak else None,
         "peak_memory_bytes": peak_memory_bytes(device),
-        "gpu_util_mean": gpu.mean(),
+        "gpu_util_mean": system.mean("gpu_utilization_percentage"),
         "kv_cache_bytes_per_token": config.model.kv_cache_bytes_per_token(torch.bfloat16),
         "kv_cache_ratio_vs_mha": config.model.attention.cache_ratio_vs_mha(),
         "flops_per_token": flops_per_token,
@@ -210,6 +246,7 @@ def train(config: TrialConfig, report: Report | None = None, progress: bool = Fa
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "data": data.description,
         "curve": curve,
+        "system": system.samples,
     }
 
 

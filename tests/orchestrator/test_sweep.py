@@ -109,6 +109,8 @@ def test_quickstart_style_sweep_end_to_end(tmp_path):
             assert run.data.metrics["kv_cache_bytes_per_token"] == t.values[1]
         history = client.get_metric_history(run.info.run_id, "curve.val_bpb")
         assert len(history) == len(t.user_attrs["curve"]) >= 1
+        memory = client.get_metric_history(run.info.run_id, "system/memory_rss_megabytes")  # MLflow's System tab
+        assert len(memory) == len(t.user_attrs["record"]["system"]) >= 1 and min(m.value for m in memory) > 0
     artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     assert {"pareto.json", "pareto.md", "spec.json"} <= artifacts
     assert (ws / "mlartifacts").is_dir() and not (tmp_path / "mlruns").exists()  # artifacts stay in the workspace

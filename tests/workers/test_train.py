@@ -1,11 +1,13 @@
 """One real trial on the CPU: the record, reporting and stopping, divergence, and a golden loss curve."""
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
-from lrkv.workers.train import TrialDiverged, train
+from lrkv.workers.train import SystemSampler, TrialDiverged, train
 
 from .conftest import tiny_trial
 
@@ -26,7 +28,23 @@ def test_record_and_reports(trial):
     assert record["mfu"] is None  # no MFU on the CPU rather than a guess
     assert record["kv_cache_bytes_per_token"] == trial.model.kv_cache_bytes_per_token()
     assert record["flops_per_token"] == trial.model.train_flops_per_token(256, 64)
+    assert record["system"] and all(s["memory_rss_megabytes"] > 0 for s in record["system"])
     json.dumps(record)  # the record is plain JSON
+
+
+def test_system_sampler_measures_cpu_and_memory_and_stays_bounded():
+    """A busy thread reads near 100 % CPU; a long run keeps at most max_samples, evenly spaced."""
+    with SystemSampler(torch.device("cpu"), interval=0.01, max_samples=8) as sampler:
+        deadline = time.monotonic() + 0.6
+        while time.monotonic() < deadline:
+            pass
+    samples = sampler.samples
+    assert 2 <= len(samples) < 8 + 1 and sampler.interval > 0.01  # thinned at least once
+    times = [s["time"] for s in samples]
+    assert times == sorted(times) and times[-1] - times[0] > 0.3
+    assert 50 < sampler.mean("cpu_utilization_percentage") < 250
+    assert all(s["memory_rss_megabytes"] > 10 for s in samples)
+    assert sampler.mean("gpu_utilization_percentage") is None  # no card, no GPU samples
 
 
 def test_report_can_stop_a_trial(trial):
