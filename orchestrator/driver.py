@@ -190,8 +190,9 @@ class SweepDriver:
         vocab = self.study.user_attrs["vocab_size"]
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
             if "curve" in t.user_attrs:
-                ray.get(self.board.register.remote(t.number, t.params["size"], self._cost_tuple(t.user_attrs["costs"]),
-                                                   [tuple(p) for p in t.user_attrs["curve"]]))
+                costs = search.pruning_costs(self.spec, t.user_attrs["costs"])
+                curve = [tuple(p) for p in t.user_attrs["curve"]]
+                ray.get(self.board.register.remote(t.number, t.params["size"], costs, curve))
         cancelled = False
         if self.spec.resources.mps:  # before the first trial: each GPU trial starts a fresh worker, a client
             self.mps = MpsDaemon.start()
@@ -334,7 +335,8 @@ class SweepDriver:
             trial.set_user_attr(name, value)
         # References (baselines, anchors) always finish: every front and recommendation compares to them.
         reference = key in {search.point_key(p) for p in search.references(self.spec)}
-        ray.get(self.board.register.remote(trial.number, params["size"], self._cost_tuple(costs), protected=reference))
+        ray.get(self.board.register.remote(trial.number, params["size"], search.pruning_costs(self.spec, costs),
+                                           protected=reference))
         res = self.spec.resources
         task = run_trial_fresh_worker if res.gpus_per_trial else run_trial
         mps = {"runtime_env": {"env_vars": self.mps.env}} if self.mps else {}
@@ -430,9 +432,6 @@ class SweepDriver:
             running.trial.set_user_attr("requeued", reason != "cancelled")
             self._record(running.trial, running, {"status": "failed", "reason": reason})
         self._flush_mlflow()
-
-    def _cost_tuple(self, costs: dict) -> tuple:
-        return tuple(costs[name] for name in self.spec.objectives if name in costs)
 
     def _set_attr(self, number: int, key: str, value) -> None:
         study_id = self.storage.get_study_id_from_name(self.study.study_name)

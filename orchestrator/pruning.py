@@ -3,8 +3,9 @@
 Optuna's pruners and Ray Tune's schedulers rank trials on one metric, so in a loss-vs-cache sweep they
 kill low-rank trials for a loss that their smaller cache pays for. The rule here stops a trial only
 when it is already beaten where it matters: some other trial of the same model size that costs no
-more on every cost objective (cache bytes, FLOPs, ...) had a validation loss lower by more than
-`margin` at the same number of training tokens. A trial with the smallest cache is never stopped.
+more (cache bytes, and every other cost objective known before training: FLOPs, parameters) had a
+validation loss lower by more than `margin` at the same number of training tokens. A trial with the
+smallest cache is never stopped.
 """
 from __future__ import annotations
 

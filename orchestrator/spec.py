@@ -26,7 +26,6 @@ from lrkv.workers.data import DataConfig
 # Objective name -> key of the worker's metrics record.
 OBJECTIVES = {"val_bpb": "val_bpb", "kv_cache_bytes": "kv_cache_bytes_per_token",
               "flops_per_token": "flops_per_token", "params": "params", "decode_ms": "decode_ms"}
-COSTS = tuple(k for k in OBJECTIVES if k != "val_bpb")  # all but decode_ms known before training
 BASELINE = re.compile(r"^(mha|mqa|mla|gqa(\d+))$")
 MAX_DEPTH = 100   # YAML nesting (a spec is 4 deep)
 MAX_RANKS = 4096  # choices of a low/high rank range: a bigger grid is a typo (and a list not worth building)

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from lrkv.orchestrator import search
+from lrkv.orchestrator.pruning import Curve, should_stop
 from lrkv.orchestrator.spec import parse_spec
 from lrkv.orchestrator.stores import redact
 
@@ -143,6 +144,33 @@ def test_costs_by_hand_for_lrkv(base):
     assert config.model.attention.rank == 8
     assert search.costs(spec, config, VOCAB)["kv_cache_bytes"] == 2 * 2 * (16 + 4 * 8) * 2 == 384
     assert search.costs(spec, config_for(spec, "d64", "mha"), VOCAB)["kv_cache_bytes"] == 2 * 2 * 4 * 16 * 2
+
+
+@pytest.mark.parametrize("objectives,compared", [
+    ({"val_bpb": "min", "kv_cache_bytes": "min"}, ["kv_cache_bytes"]),
+    ({"val_bpb": "min", "flops_per_token": "min", "kv_cache_bytes": "min"}, ["kv_cache_bytes", "flops_per_token"]),
+    ({"val_bpb": "min", "params": "min"}, ["kv_cache_bytes", "params"]),
+    ({"val_bpb": "min", "decode_ms": "min"}, ["kv_cache_bytes"])])  # measured after training: the cache stands in
+def test_pruning_compares_the_cache_and_every_cost_known_before_training(base, objectives, compared):
+    train = {**base["train"], "profile_contexts": [64]}
+    spec = spec_with(base, objectives=objectives, train=train)
+    costs = search.costs(spec, config_for(spec, "d64", "lrkv", 0.5), VOCAB)
+    assert search.pruning_costs(spec, costs) == tuple(costs[name] for name in compared)
+
+
+def test_decode_time_as_the_objective_never_stops_a_trial_for_what_its_smaller_cache_pays_for(base):
+    """With only `decode_ms` beside the loss, a lower loss from a bigger cache still stops nothing."""
+    spec = spec_with(base, objectives={"val_bpb": "min", "decode_ms": "min"},
+                     train={**base["train"], "profile_contexts": [64]})
+
+    def curve(variant, rank, loss):
+        c = Curve("d64", search.pruning_costs(spec, search.costs(spec, config_for(spec, "d64", variant, rank), VOCAB)))
+        c.add(1000, loss)
+        return c
+
+    small, mha = curve("lrkv", 0.25, 3.0), curve("mha", None, 2.0)
+    assert should_stop(small, [small, mha], margin=0.05, grace_tokens=0) is None
+    assert should_stop(mha, [small, curve("mqa", None, 1.0), mha], margin=0.05, grace_tokens=0) is not None
 
 
 def test_trial_config_uses_a_fixed_space_lr(base):
