@@ -14,6 +14,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -22,6 +23,7 @@ from lrkv.orchestrator.stores import Stores
 from ..workers.conftest import CORPUS
 
 LRKV = str(Path(sys.executable).parent / "lrkv")
+QUICKSTART = Path(__file__).parents[2] / "sweeps" / "quickstart.yaml"
 
 
 def write_spec(path: Path, name: str, tokens: int = 4096, trials: int = 8, **extra) -> Path:
@@ -71,22 +73,39 @@ def launched(study):
     return [t for t in study.get_trials() if t.user_attrs.get("launched") and not t.user_attrs.get("requeued")]
 
 
-def test_quickstart_style_sweep_end_to_end(tmp_path):
-    spec = write_spec(tmp_path / "sweep.yaml", "e2e")
+def quickstart_spec(path: Path, name: str, tokens: int, trials: int) -> Path:
+    """`sweeps/quickstart.yaml` as shipped (sizes, ranks, baselines, objectives, pruning, sampler) with a
+    tiny budget: fewer tokens and trials, the fixture corpus, short evaluations."""
+    spec = yaml.safe_load(QUICKSTART.read_text())
+    spec.update(name=name, data={"source": str(CORPUS), "seq_len": 32, "cache_dir": str(path.parent / "data-cache")})
+    spec["budget"].update(tokens_per_trial=tokens, trials=trials)
+    spec["train"].update(batch_size=8, eval_every=4, eval_blocks=8)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def dominated(a: list[float], b: list[float]) -> bool:
+    """b dominates a: no worse anywhere, better somewhere (every objective minimised)."""
+    return all(y <= x for x, y in zip(a, b)) and any(y < x for x, y in zip(a, b))
+
+
+def test_quickstart_sweep_end_to_end(tmp_path):
+    spec = quickstart_spec(tmp_path / "sweep.yaml", "e2e", tokens=4096, trials=8)
     ws = tmp_path / "ws"
     done = lrkv("sweep", "run", str(spec), "--workspace", str(ws), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "Pareto front · d32" in done.stdout and "Pareto front · d64" in done.stdout
+    assert "Pareto front · d64" in done.stdout and "Pareto front · d128" in done.stdout
+    assert "experiment e2e, parent run" in done.stdout  # where to look in the MLflow UI
 
     study = load(ws, "e2e")
     trials = launched(study)
     assert len(trials) == 8
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     # References first: the budget covers the first size's anchors and baselines and the second size's
-    # first anchor, which goes first (a d64 trial costs more); each size keeps its own order.
+    # first anchor, which goes first (a d128 trial costs more); each size keeps its own order.
     points = [(t.params["size"], t.user_attrs["label"]) for t in sorted(trials, key=lambda t: t.number)]
-    assert points == [("d64", "lrkv0")] + [("d32", label) for label in
-                                           ["lrkv0", "lrkv2", "lrkv4", "lrkv8", "mha", "gqa2", "mqa"]]
+    assert points == [("d128", "lrkv0")] + [("d64", label) for label in
+                                            ["lrkv0", "lrkv4", "lrkv8", "lrkv16", "mha", "gqa2", "mqa"]]
 
     client, runs = mlflow_runs(ws, "e2e")
     parents = [r for r in runs if r.data.tags.get("lrkv.role") == "sweep"]
@@ -115,20 +134,42 @@ def test_quickstart_style_sweep_end_to_end(tmp_path):
     assert {"pareto.json", "pareto.md", "spec.json"} <= artifacts
     assert (ws / "mlartifacts").is_dir() and not (tmp_path / "mlruns").exists()  # artifacts stay in the workspace
 
+    # The parent run's Pareto table is the front of the study's finished trials, per size.
+    table = json.loads(Path(client.download_artifacts(parents[0].info.run_id, "pareto.json", str(tmp_path))).read_text())
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    expected = {size: sorted(t.number for t in complete if t.params["size"] == size and not any(
+        dominated(t.values, o.values) for o in complete if o.params["size"] == size)) for size in {"d64", "d128"}}
+    assert {size: sorted(r["number"] for r in entry["front"]) for size, entry in table.items()} == expected
+    logged = client.get_run(parents[0].info.run_id).data.metrics
+    assert all(logged[f"hypervolume.{size}"] == pytest.approx(entry["hypervolume"]) for size, entry in table.items())
+
     # The same front from the CLI, as JSON.
     front = json.loads(lrkv("pareto", "e2e", "--workspace", str(ws), "--json", cwd=tmp_path).stdout)
-    assert set(front) == {"d32"} | ({"d64"} if any(t.params["size"] == "d64" for t in trials) else set())
+    assert {size: sorted(r["number"] for r in entry["front"]) for size, entry in front.items()} == expected
     status = json.loads(lrkv("sweep", "status", "e2e", "--workspace", str(ws), "--json", cwd=tmp_path).stdout)
     assert status["e2e"]["counts"].get("running", 0) == 0
     # The workspace from the environment: the front as tables, every sweep's status and the list of sweeps.
     env = {**os.environ, "LRKV_WORKSPACE": str(ws)}
     tables = subprocess.run([LRKV, "pareto", "e2e"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert tables.returncode == 0 and "Pareto front · d32" in tables.stdout
+    assert tables.returncode == 0 and "Pareto front · d64" in tables.stdout
     every = subprocess.run([LRKV, "sweep", "status", "--json"], cwd=tmp_path, env=env, capture_output=True, text=True,
                            timeout=600)
     assert json.loads(every.stdout) == status
     listing = subprocess.run([LRKV, "sweep", "list"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert re.search(r"e2e\s*│\s*8\s*│\s*8\s*│\s*0\s*│\s*—", listing.stdout), listing.stdout
+    # The stores named by the environment, from another folder: the study (LRKV_STORAGE) and MLflow (LRKV_TRACKING_URI).
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "LRKV_WORKSPACE"} | {
+        "LRKV_STORAGE": stores(ws).study_url, "LRKV_TRACKING_URI": stores(ws).tracking_uri}
+    by_env = subprocess.run([LRKV, "pareto", "e2e", "--json"], cwd=elsewhere, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert json.loads(by_env.stdout) == front
+    synced = subprocess.run([LRKV, "sweep", "sync", "e2e"], cwd=elsewhere, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert synced.returncode == 0 and "MLflow holds every finished trial of e2e" in synced.stdout, synced.stderr
+    assert not list(elsewhere.iterdir())  # no default workspace was made here
+    assert len([r for r in mlflow_runs(ws, "e2e")[1] if r.data.tags.get("lrkv.role") == "trial"]) == len(trials)
 
     # A second sweep of the same name is refused with one line and exit code 2.
     again = lrkv("sweep", "run", str(spec), "--workspace", str(ws), cwd=tmp_path)
