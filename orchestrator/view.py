@@ -28,7 +28,9 @@ def trial_counts(study: optuna.Study) -> Counter:
 
 def counts_line(study: optuna.Study, budget: int) -> str:
     c = trial_counts(study)
-    parts = [f"{c[k]} {k}" for k in ("running", "complete", "pruned", "fail", "skipped", "re-queued") if c[k]]
+    shown = {"running": "running", "complete": "complete", "pruned": "pruned", "fail": "failed", "skipped": "skipped",
+             "re-queued": "re-queued"}
+    parts = [f"{c[k]} {word}" for k, word in shown.items() if c[k]]
     return f"[bold]{study.study_name}[/] · budget {budget} trials · " + (" · ".join(parts) or "starting")
 
 
@@ -59,6 +61,10 @@ class SweepView:
         self.live.__exit__(*exc)
 
     def update(self, driver) -> None:
+        self.live.update(self.render(driver))
+
+    @staticmethod
+    def render(driver) -> Group:
         running = Table(title="running", title_justify="left")
         for col in ("trial", "size", "variant", "tokens", "val bpb", "seconds"):
             running.add_column(col, justify="right")
@@ -67,5 +73,4 @@ class SweepView:
             running.add_row(str(r.trial.number), r.params["size"], r.config.model.attention.label,
                             f"{latest.get('tokens', 0):,}", f"{latest['val_bpb']:.4f}" if latest else "—",
                             f"{time.time() - r.started:.0f}")
-        self.live.update(Group(counts_line(driver.study, driver.spec.budget.trials), running,
-                               *front_tables(driver.study)))
+        return Group(counts_line(driver.study, driver.spec.budget.trials), running, *front_tables(driver.study))

@@ -1,6 +1,8 @@
 """Sweeps through the driver in-process. Trials that fail — out of memory, a NaN loss — or are stopped early
 are recorded with their reason and the sweep goes on; a size that ran out of memory is not tried again at the
 same or a larger parameter count. Every sampler runs a real sweep."""
+import shutil
+
 import optuna
 import pytest
 import ray
@@ -127,3 +129,27 @@ def test_every_sampler_runs_a_sweep(tmp_path, kind):
     assert len(ran) == 4 and all(t.state == TrialState.COMPLETE and len(t.values) == 2 for t in ran)
     assert len({t.params["rank"] for t in ran}) == 4
     assert study.user_attrs["spec"]["sampler"]["kind"] == kind
+
+
+def test_a_trial_that_raises_is_recorded_with_its_error_and_the_sweep_goes_on(tmp_path):
+    """The corpus vanishes after the sweep was accepted: every trial raises in its worker. Each is an Optuna
+    FAIL with reason `error` and the exception's first line, and a FAILED MLflow run tagged with the reason;
+    the sweep spends its budget and ends."""
+    corpus = tmp_path / "corpus"
+    shutil.copytree(CORPUS, corpus)
+    spec = spec_for(tmp_path, "vanished", [TINY])
+    spec = spec.model_copy(update={"data": {**spec.data, "source": str(corpus)}})
+    stores = Stores.resolve(tmp_path / "ws")
+    driver = SweepDriver.create(spec, stores)  # the data is read and packed here
+    shutil.rmtree(corpus)
+    shutil.rmtree(tmp_path / "cache")
+    study = driver.run()
+    ran = [t for t in study.get_trials() if t.user_attrs.get("launched")]
+    assert len(ran) == 2 and all(t.state == TrialState.FAIL for t in ran)  # each point of the space, once
+    assert {t.user_attrs["reason"] for t in ran} == {"error"}
+    assert all(str(corpus) in t.user_attrs["detail"] and "\n" not in t.user_attrs["detail"] for t in ran)
+    client = MlflowClient(stores.tracking_uri)
+    for t in ran:
+        run_ = client.get_run(t.user_attrs["mlflow_run_id"])
+        assert run_.info.status == "FAILED" and run_.data.tags["lrkv.reason"] == "error"
+    assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "FINISHED"
