@@ -137,9 +137,11 @@ def sweep_run(spec_file: Path = typer.Argument(..., help="Sweep spec (YAML)."), 
     if if_exists not in ("fail", "resume"):
         raise ConfigError("--if-exists", "fail or resume", if_exists)
     spec = load_spec(spec_file)  # before the heavy imports: a bad spec answers at once
-    from lrkv.orchestrator.driver import SweepDriver, open_study
+    from lrkv.orchestrator.driver import SweepDriver, connect_ray, open_study
     if stores_file:  # submitted: the store addresses (credentials included) travel in a file, not the command
         sent = json.loads(stores_file.read_text())
+        stores_file.unlink()  # the head keeps no unpacked copy, and the trials run without the job's files
+        connect_ray(address, without_job_files=True)
         storage, tracking_uri = storage or sent["storage"], tracking_uri or sent["tracking_uri"]
     stores = _stores(workspace, storage, tracking_uri, spec)
     if if_exists == "resume" and spec.name in _study_names(stores):

@@ -446,11 +446,18 @@ def check_mps(spec: SweepSpec, address: str | None) -> None:
         control_path()
 
 
-def connect_ray(address: str | None) -> None:
+def connect_ray(address: str | None, without_job_files: bool = False) -> None:
+    """Join the cluster at `address`, or start a local Ray. `without_job_files`: the trials run without
+    the files of the Ray job this driver runs in (a submitted sweep's package holds the store addresses,
+    which workers must not hold); Ray drops a job's field only where asked to override it."""
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
+        runtime_env = None
+        if without_job_files:
+            os.environ["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"
+            runtime_env = {"working_dir": None}
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, configure_logging=False)
     else:
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
                  num_cpus=os.cpu_count(), num_gpus=_local_gpus())

@@ -1,4 +1,5 @@
 """`lrkv sweep submit` against a real Ray cluster (a head node with the job API, started here)."""
+import json
 import os
 import secrets
 import shutil
@@ -46,7 +47,7 @@ def ray_head(tmp_path):
         except OSError:
             assert head.poll() is None, (tmp_path / "head.log").read_text()[-2000:]
             time.sleep(0.5)
-    yield address, env
+    yield address, env, Path(temp)
     os.killpg(head.pid, signal.SIGTERM)
     try:
         head.wait(timeout=5)  # a blocked `ray start` can take 30 s or more to leave on SIGTERM
@@ -56,7 +57,7 @@ def ray_head(tmp_path):
 
 
 def test_submit_returns_at_once_and_the_cluster_runs_the_sweep(tmp_path, ray_head):
-    address, env = ray_head
+    address, env, temp = ray_head
     spec = write_spec(tmp_path / "sweep.yaml", "submitted", tokens=2048, trials=2)
     ws = tmp_path / "ws"
     started = time.time()
@@ -81,6 +82,13 @@ def test_submit_returns_at_once_and_the_cluster_runs_the_sweep(tmp_path, ray_hea
                              timeout=60).stdout
     assert "lrkv-submitted" in listing and "--stores-file" in listing
     assert str(ws) not in listing and "mlflow.db" not in listing
+    # Nor do the workers hold them: the trials ran without the job's package, and the head kept no copy.
+    trials = subprocess.run([RAY, "list", "tasks", "--filter", "name=trial_task", "--detail", "--format", "json",
+                             "--address", address], env=env, capture_output=True, text=True, timeout=60)
+    trials = json.loads(trials.stdout)
+    assert len(trials) == 2
+    assert all("working_dir" not in json.loads(t["runtime_env_info"]["serialized_runtime_env"]) for t in trials)
+    assert not list(temp.rglob("stores.json"))
 
     again = subprocess.run([LRKV, "sweep", "submit", str(spec), "--workspace", str(ws)],  # the address from RAY_ADDRESS
                            cwd=tmp_path, env={**env, "RAY_ADDRESS": address}, capture_output=True, text=True, timeout=120)
