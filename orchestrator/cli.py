@@ -139,9 +139,14 @@ def sweep_run(spec_file: Path = typer.Argument(..., help="Sweep spec (YAML)."), 
     spec = load_spec(spec_file)  # before the heavy imports: a bad spec answers at once
     from lrkv.orchestrator.driver import SweepDriver, connect_ray, open_study
     if stores_file:  # submitted: the store addresses (credentials included) travel in a file, not the command
-        sent = json.loads(stores_file.read_text())
-        stores_file.unlink()  # the head keeps no unpacked copy, and the trials run without the job's files
-        connect_ray(address, without_job_files=True)
+        try:
+            sent = json.loads(stores_file.read_text())
+        except (OSError, ValueError):
+            raise ConfigError("--stores-file", "the store addresses `lrkv sweep submit` sends",
+                              str(stores_file)) from None
+        finally:
+            stores_file.unlink(missing_ok=True)  # the head keeps no unpacked copy
+        connect_ray(address, without_job_files=True)  # and the trials run without the job's files
         storage, tracking_uri = storage or sent["storage"], tracking_uri or sent["tracking_uri"]
     stores = _stores(workspace, storage, tracking_uri, spec)
     if if_exists == "resume" and spec.name in _study_names(stores):
@@ -162,6 +167,7 @@ def sweep_submit(spec_file: Path = typer.Argument(..., help="Sweep spec (YAML)."
                  workspace: Path | None = WorkspaceOpt, storage: str | None = StorageOpt,
                  tracking_uri: str | None = TrackingOpt):
     """Send a sweep to a Ray cluster as a job and return at once; the driver runs on the head node."""
+    import secrets
     import shlex
     import shutil
     from lrkv.orchestrator.spec import load_spec
@@ -184,7 +190,10 @@ def sweep_submit(spec_file: Path = typer.Argument(..., help="Sweep spec (YAML)."
         # The job's entrypoint is shown to anyone who can list jobs: the store addresses, which may hold
         # a password, go in the job's package instead.
         sent = Path(folder) / "stores.json"
-        sent.write_text(json.dumps({"storage": stores.study_url, "tracking_uri": stores.tracking_uri}))
+        # A nonce makes every package new: Ray reuses an unpacked package of the same content, whose
+        # copy of this file the earlier job's driver deleted.
+        sent.write_text(json.dumps({"storage": stores.study_url, "tracking_uri": stores.tracking_uri,
+                                    "nonce": secrets.token_hex(8)}))
         sent.chmod(0o600)
         entrypoint = shlex.join(["lrkv", "sweep", "run", "spec.yaml", "--stores-file", "stores.json", "--address", "auto"])
         for attempt in range(10):

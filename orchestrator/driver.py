@@ -8,6 +8,7 @@ time (a heartbeat in the study guards it).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -202,10 +203,13 @@ class SweepDriver:
                 if self.study.user_attrs.get("cancel_requested"):
                     cancelled = True
                     break
+                before = len(self.active)
                 while not self.exhausted and len(self.active) < self.spec.budget.concurrency and self._budget_left():
                     self._launch_next(vocab)
                 if not self.active:
                     break  # finish_mlflow logs what is pending, and the front, once
+                if self.view and len(self.active) > before:
+                    self.view.update(self)  # what was just launched shows at once
                 self._flush_mlflow()
                 ready, _ = ray.wait(list(self.active), num_returns=1, timeout=1.0)
                 for number, metrics in ray.get(self.board.drain.remote()):
@@ -272,6 +276,7 @@ class SweepDriver:
             key = search.point_key(params)
             trial.set_user_attr("key", key)
             config = search.trial_config(self.spec, params)
+            config = dataclasses.replace(config, data=config.data.anchored())
             costs = search.costs(self.spec, config, vocab)
             reason = search.violation(self.spec, config, vocab) or next(
                 (f"trial {n} with {p:,} params at this size ran out of memory" for size, p, n in ooms
@@ -449,7 +454,8 @@ def check_mps(spec: SweepSpec, address: str | None) -> None:
 def connect_ray(address: str | None, without_job_files: bool = False) -> None:
     """Join the cluster at `address`, or start a local Ray. `without_job_files`: the trials run without
     the files of the Ray job this driver runs in (a submitted sweep's package holds the store addresses,
-    which workers must not hold); Ray drops a job's field only where asked to override it."""
+    which workers must not hold). `ray.init`'s runtime_env is merged into the job's, and a conflicting
+    field (here `working_dir: None`) wins only under RAY_OVERRIDE_JOB_RUNTIME_ENV."""
     if ray.is_initialized():
         return
     if address:

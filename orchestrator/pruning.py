@@ -4,8 +4,8 @@ Optuna's pruners and Ray Tune's schedulers rank trials on one metric, so in a lo
 kill low-rank trials for a loss that their smaller cache pays for. The rule here stops a trial only
 when it is already beaten where it matters: some other trial of the same model size that costs no
 more (cache bytes, and every other cost objective known before training: FLOPs, parameters) had a
-validation loss lower by more than `margin` at the same number of training tokens. A trial with the
-smallest cache is never stopped.
+validation loss lower by more than `margin` at the same number of training tokens. A trial whose cache
+no other trial matches or undercuts is never stopped.
 """
 from __future__ import annotations
 

@@ -92,11 +92,11 @@ def costs(spec: SweepSpec, config: TrialConfig, vocab_size: int) -> dict[str, fl
 
 
 def pruning_costs(spec: SweepSpec, costs: dict[str, float]) -> tuple[float, ...]:
-    """What the frontier-fair rule compares trials on: the cache always (the rule's own measure), then
-    every other cost objective known before training. `decode_ms` is measured after training, so the
-    cache each decode step reads stands in for it."""
+    """What the frontier-fair rule compares trials on, each as lower-is-better: the cache always (the
+    rule's own measure), then every other cost objective known before training. `decode_ms` is measured
+    after training, so the cache each decode step reads stands in for it."""
     names = ["kv_cache_bytes", *(n for n in spec.objectives if n in costs and n != "kv_cache_bytes")]
-    return tuple(costs[n] for n in names)
+    return tuple(-costs[n] if spec.objectives.get(n) == "max" else costs[n] for n in names)
 
 
 def training_flops(spec: SweepSpec, params: dict, vocab_size: int) -> int:

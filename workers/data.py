@@ -35,7 +35,7 @@ import secrets
 import sys
 import sysconfig
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +99,13 @@ class DataConfig:
             raise ConfigError("val_fraction", "a number strictly between 0 and 1", self.val_fraction)
         if self.max_bytes is not None and (not integer(self.max_bytes) or self.max_bytes <= 0):
             raise ConfigError("max_bytes", "a positive integer or None", self.max_bytes)
+
+    def anchored(self) -> DataConfig:
+        """The same data with its local paths absolute, for a worker that runs in another folder (a
+        submitted sweep's trials do): it reads the blocks the driver packed instead of packing its own."""
+        local = self.source != "stdlib" and not self.source.startswith("hub:")
+        return replace(self, source=os.path.abspath(self.source) if local else self.source,
+                       cache_dir=os.path.abspath(self.cache_dir))
 
 
 @dataclass

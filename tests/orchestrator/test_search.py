@@ -158,6 +158,12 @@ def test_pruning_compares_the_cache_and_every_cost_known_before_training(base, o
     assert search.pruning_costs(spec, costs) == tuple(costs[name] for name in compared)
 
 
+def test_pruning_compares_every_cost_as_lower_is_better(base):
+    spec = spec_with(base, objectives={"val_bpb": "min", "kv_cache_bytes": "min", "params": "max"})
+    costs = search.costs(spec, config_for(spec, "d64", "mha"), VOCAB)
+    assert search.pruning_costs(spec, costs) == (costs["kv_cache_bytes"], -costs["params"])
+
+
 def test_decode_time_as_the_objective_never_stops_a_trial_for_what_its_smaller_cache_pays_for(base):
     """With only `decode_ms` beside the loss, a lower loss from a bigger cache still stops nothing."""
     spec = spec_with(base, objectives={"val_bpb": "min", "decode_ms": "min"},

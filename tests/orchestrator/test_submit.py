@@ -33,11 +33,13 @@ def ray_head(tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     port, dash = free_port(), free_port()
+    (tmp_path / "head").mkdir()  # the folder the head's workers start in
     head = subprocess.Popen(
         [RAY, "start", "--head", "--block", f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
          "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats", "--memory=4000000000",
          "--object-store-memory=200000000", f"--temp-dir={temp}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "head.log", "w"), start_new_session=True)
+        env=env, cwd=tmp_path / "head", stdout=subprocess.DEVNULL, stderr=open(tmp_path / "head.log", "w"),
+        start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
     deadline = time.time() + 90
     while time.time() < deadline:
@@ -59,6 +61,9 @@ def ray_head(tmp_path):
 def test_submit_returns_at_once_and_the_cluster_runs_the_sweep(tmp_path, ray_head):
     address, env, temp = ray_head
     spec = write_spec(tmp_path / "sweep.yaml", "submitted", tokens=2048, trials=2)
+    raw = json.loads(spec.read_text())
+    del raw["data"]["cache_dir"]  # the default, relative to the driver's folder (the job's package)
+    spec.write_text(json.dumps(raw))
     ws = tmp_path / "ws"
     started = time.time()
     done = subprocess.run([LRKV, "sweep", "submit", str(spec), "--address", address, "--workspace", str(ws)],
@@ -83,12 +88,19 @@ def test_submit_returns_at_once_and_the_cluster_runs_the_sweep(tmp_path, ray_hea
     assert "lrkv-submitted" in listing and "--stores-file" in listing
     assert str(ws) not in listing and "mlflow.db" not in listing
     # Nor do the workers hold them: the trials ran without the job's package, and the head kept no copy.
-    trials = subprocess.run([RAY, "list", "tasks", "--filter", "name=trial_task", "--detail", "--format", "json",
-                             "--address", address], env=env, capture_output=True, text=True, timeout=60)
-    trials = json.loads(trials.stdout)
-    assert len(trials) == 2
+    deadline = time.time() + 30
+    while True:  # Ray reports task events asynchronously
+        trials = json.loads(subprocess.run(
+            [RAY, "list", "tasks", "--filter", "name=trial_task", "--detail", "--format", "json", "--address", address],
+            env=env, capture_output=True, text=True, timeout=60).stdout)
+        if len([t for t in trials if t["state"] == "FINISHED"]) >= 2 or time.time() > deadline:
+            break
+        time.sleep(1)
+    assert len([t for t in trials if t["state"] == "FINISHED"]) >= 2, trials
     assert all("working_dir" not in json.loads(t["runtime_env_info"]["serialized_runtime_env"]) for t in trials)
     assert not list(temp.rglob("stores.json"))
+    # Out of the package, the trials still read the blocks the driver packed beside it.
+    assert not (tmp_path / "head" / ".lrkv-cache").exists()
 
     again = subprocess.run([LRKV, "sweep", "submit", str(spec), "--workspace", str(ws)],  # the address from RAY_ADDRESS
                            cwd=tmp_path, env={**env, "RAY_ADDRESS": address}, capture_output=True, text=True, timeout=120)

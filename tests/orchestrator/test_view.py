@@ -57,21 +57,21 @@ def test_the_live_view_follows_a_real_sweep(tmp_path, local_ray):
         "space": {"sizes": [{"name": "tiny", "d_model": 32, "n_layers": 1, "n_heads": 4}],
                   "rank": {"fractions": [0.0, 0.5]}},
         "baselines": ["mha", "mqa"],
-        "budget": {"tokens_per_trial": 16384, "trials": 4, "concurrency": 2},
+        "budget": {"tokens_per_trial": 32768, "trials": 2, "concurrency": 2},
         "data": {"source": str(CORPUS), "seq_len": 32, "cache_dir": str(tmp_path / "cache")},
         "train": {"batch_size": 8, "eval_every": 4, "eval_blocks": 4}})
     view = Recorder()
     study = SweepDriver.create(spec, Stores.resolve(tmp_path / "ws"), view=view).run()
 
     in_flight = [f for f in view.frames if "2 running" in f]
-    assert in_flight, view.frames[:2]
+    assert in_flight and in_flight[0] == view.frames[0], view.frames[:2]  # shown as soon as they are launched
     labels = {t.user_attrs["label"] for t in study.get_trials() if t.user_attrs.get("launched")}
     # A running trial's row: its number, size, variant and (once it has reported) its latest validation.
     cells = [[c.strip() for c in line.split("│")[1:-1]] for frame in in_flight for line in frame.splitlines()]
     rows = [c for c in cells if len(c) == 6 and c[1] == "tiny" and c[2] in labels]
     assert rows and any(row[4] != "—" and float(row[4]) > 0 for row in rows), in_flight[-1]
     last = view.frames[-1]
-    assert last.splitlines()[0] == "watched · budget 4 trials · 4 complete"
+    assert last.splitlines()[0] == "watched · budget 2 trials · 2 complete"
     assert "Pareto front · tiny · hypervolume" in last
     front = [t for t in study.best_trials]
     assert front and all(f" {t.user_attrs['label']} " in last for t in front)

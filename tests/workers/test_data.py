@@ -81,6 +81,24 @@ def test_loads_are_deterministic_and_the_second_comes_from_the_arrow_cache(tmp_p
         assert (a.bytes_per_token, a.description) == (b.bytes_per_token, b.description)
 
 
+def test_anchored_paths_read_what_the_driver_packed_from_another_folder(tmp_path, monkeypatch):
+    """A relative corpus and cache, packed from one folder, are found as they are from any other once
+    anchored; the stdlib and hub names are not paths."""
+    corpus = tmp_path / "here" / "corpus"
+    corpus.parent.mkdir()
+    corpus.symlink_to(CORPUS)
+    monkeypatch.chdir(tmp_path / "here")
+    relative = DataConfig(source="corpus", seq_len=64, cache_dir="cache")
+    packed = load_blocks(relative)
+    anchored = relative.anchored()
+    assert anchored == DataConfig(source=str(corpus), seq_len=64, cache_dir=str(tmp_path / "here" / "cache"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("packed again"))
+    assert torch.equal(load_blocks(anchored).train, packed.train)
+    assert DataConfig(source="stdlib").anchored().source == "stdlib"
+    assert DataConfig(source="hub:org/name").anchored().source == "hub:org/name"
+
+
 def test_changed_source_is_packed_again(tmp_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
