@@ -28,9 +28,8 @@ def trial_counts(study: optuna.Study) -> Counter:
 
 def counts_line(study: optuna.Study, budget: int) -> str:
     c = trial_counts(study)
-    shown = {"running": "running", "complete": "complete", "pruned": "pruned", "fail": "failed", "skipped": "skipped",
-             "re-queued": "re-queued"}
-    parts = [f"{c[k]} {word}" for k, word in shown.items() if c[k]]
+    parts = [f"{c[k]} {'failed' if k == 'fail' else k}"
+             for k in ("running", "complete", "pruned", "fail", "skipped", "re-queued") if c[k]]
     return f"[bold]{study.study_name}[/] · budget {budget} trials · " + (" · ".join(parts) or "starting")
 
 

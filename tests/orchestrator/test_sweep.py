@@ -21,9 +21,9 @@ from optuna.trial import TrialState
 from lrkv.orchestrator.stores import Stores
 
 from ..workers.conftest import CORPUS
+from .test_search import QUICKSTART
 
 LRKV = str(Path(sys.executable).parent / "lrkv")
-QUICKSTART = Path(__file__).parents[2] / "sweeps" / "quickstart.yaml"
 
 
 def write_spec(path: Path, name: str, tokens: int = 4096, trials: int = 8, **extra) -> Path:
