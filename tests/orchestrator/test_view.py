@@ -67,7 +67,7 @@ def test_the_live_view_follows_a_real_sweep(tmp_path, local_ray):
     assert in_flight and in_flight[0] == view.frames[0], view.frames[:2]  # shown as soon as they are launched
     labels = {t.user_attrs["label"] for t in study.get_trials() if t.user_attrs.get("launched")}
     # A running trial's row: its number, size, variant and (once it has reported) its latest validation.
-    cells = [[c.strip() for c in line.split("│")[1:-1]] for frame in in_flight for line in frame.splitlines()]
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for frame in view.frames for line in frame.splitlines()]
     rows = [c for c in cells if len(c) == 6 and c[1] == "tiny" and c[2] in labels]
     assert rows and any(row[4] != "—" and float(row[4]) > 0 for row in rows), in_flight[-1]
     last = view.frames[-1]
