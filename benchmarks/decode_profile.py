@@ -1,0 +1,46 @@
+"""One decode step of one cell, for a profiler to wrap: the product's LRKV kernels, then MHA through SDPA.
+
+    ncu --section SpeedOfLight -k regex:'split|flash' python3 benchmarks/decode_profile.py --batch 8 --context 32768 --rank 64
+
+Each is run twice, so the second launch of every kernel comes after compilation and autotuning.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+from decode import THETA, fused, lrkv_cache, product_tiling
+from lrkv.kernels.fused.decode import default_tiling
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--context", type=int, default=32768)
+    parser.add_argument("--rank", type=int, default=64)
+    parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--key-scales", action="store_true")
+    parser.add_argument("--method", help="a split kernel other than the product's choice (its default tiling)")
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    gen = torch.Generator(device=device).manual_seed(0)
+    B, T, H, dh, r = args.batch, args.context, args.heads, args.head_dim, args.rank
+    q, rows, k_up, v_up = lrkv_cache(B, T, H, dh, r, device, gen, args.key_scales)
+    lengths = torch.full((B,), T, device=device)
+    tiling = product_tiling(B, T, r, args.key_scales)
+    if args.method:
+        tiling = (args.method, *default_tiling(args.method, r, args.key_scales))
+    print("tiling", tiling, "theta", THETA, flush=True)
+    for _ in range(2):
+        fused(q, rows, k_up, v_up, lengths, tiling)
+    k = torch.randn(B, H, T, dh, device=device, generator=gen, dtype=torch.bfloat16)
+    for _ in range(2):
+        F.scaled_dot_product_attention(q[:, :, None], k, torch.randn_like(k))
+    torch.cuda.synchronize()
+
+
+if __name__ == "__main__":
+    main()
