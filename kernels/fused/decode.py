@@ -18,7 +18,8 @@ merges the splits' online-softmax partials and applies B_v,h once. Three split k
   the split programs stream those from L2 for every tile, which is what costs at large r.
 - "grouped": the folded logit without norm work, for a group of heads whose M_h stay loaded in the program;
   one product per tile serves the group, and per-head row sums are a product with a 0/1 matrix. The O(d_h)
-  work per token is repeated for every group, so it pays only at small r, where groups are large.
+  work per token is repeated for every group, so it paid only at small r, where groups are large; the launcher
+  no longer picks it (folded with pipelined head loops is faster there), and `method` still can.
 
 Given the keys' cached 1/rms (`k_scale`, a spec's `key_scales`), both kernels scale the logit by it and
 skip the norm's work: the sums of squares (rebuilt) or the norm's two products per head (folded).
@@ -159,7 +160,7 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, KSC, MQ, BT2, GRAM, LENGTHS, INV_FRE
                          HALF: tl.constexpr, HALF_P: tl.constexpr, R: tl.constexpr, R_P: tl.constexpr,
                          BLOCK_T: tl.constexpr, NORM: tl.constexpr, SCALED: tl.constexpr, ROPE: tl.constexpr,
                          DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, EPSILON: tl.constexpr,
-                         SUMS_BY_DOT: tl.constexpr, EXACT_SUMS: tl.constexpr):
+                         SUMS_BY_DOT: tl.constexpr, EXACT_SUMS: tl.constexpr, HEAD_STAGES: tl.constexpr):
     # One program streams a chunk of one sequence for a group of HEADS heads. Per-head tensors are
     # (BLOCK_T, HEADS_P) with one column per head, or (HEADS_P, ·) with one row per head.
     b, split, h0, start, end = _program_chunk(LENGTHS, split_len, HEADS)
@@ -202,7 +203,7 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, KSC, MQ, BT2, GRAM, LENGTHS, INV_FRE
             cos_op = cos_t.to(op)
             if ROPE:
                 sin_op = sin_t.to(op)
-            for j in range(HEADS):
+            for j in tl.range(HEADS, num_stages=HEAD_STAGES):  # the next heads' loads in flight
                 h = h0 + j
                 rk = tl.load(RK + b * srk_b + t[:, None] * srk_t + h * srk_h + offs_r[None, :],
                              mask=t_ok[:, None] & r_ok[None, :], other=0.0)
@@ -237,7 +238,7 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, KSC, MQ, BT2, GRAM, LENGTHS, INV_FRE
                                                       HALF, DOT_FP32, PRECISION)
         if R > 0:  # each head's row of p against its own R_v,h (the other rows are zero)
             acc_r = acc_r * alpha[:, None]
-            for j in range(HEADS):
+            for j in tl.range(HEADS, num_stages=HEAD_STAGES):
                 rv = tl.load(RV + b * srv_b + t[:, None] * srv_t + (h0 + j) * srv_h + offs_r[None, :],
                              mask=t_ok[:, None] & r_ok[None, :], other=0.0)
                 acc_r = _mma(tl.where(offs_h[:, None] == j, pv, 0.0), rv, acc_r, DOT_FP32, PRECISION)
@@ -505,18 +506,26 @@ SUMS_BY_DOT_MAX_RANK = 32
 METHODS = ("folded", "grouped", "rebuilt")
 
 
+def head_stages(block_t: int, scaled: bool) -> int:
+    """Software-pipeline stages of folded's loops over the group's heads, so the next heads' latent rows and
+    folded queries load while this head's products run. On an H100 with key scales (B = 8, T = 32K): 4 stages
+    made 64-token tiles 8 % faster at r = 32 and r = 64 (3: 5 %); 128-token tiles gained 11 % at r = 128 with
+    3 and do not fit 4 in shared memory. Without key scales 3 stages changed nothing (r = 64), and 1 (wider
+    tiles too) keeps the loop as it was."""
+    if not scaled or block_t > 128:
+        return 1
+    return 4 if block_t <= 64 else 3
+
+
 def logit_method(batch: int, max_len: int, rank: int, scaled: bool = False) -> str:
-    """The split kernel for a shape, from the H100 and H200 grids in benchmarks/NOTES.md:
-    - grouped for key-scale caches at r ≤ 16 from 256K tokens (9–12 % faster than folded on an H200;
-      slower at 64K tokens, and 1.4–2.8× slower from r = 32 on, where each group repeats the per-token work);
+    """The split kernel for a shape, from the H100 and H200 grids in benchmarks/NOTES.md (grouped, once 9–12 %
+    faster at r ≤ 16 over 256K tokens, fell 4–5 % behind folded there once folded pipelined its head loops):
     - folded while its per-head matrices stay small (r ≤ 64) over batches that fill the card (B·T ≥ 32K),
       and from 16K tokens at r ≤ 32 (r ≤ 64 with key scales), 20–37 % faster there once FILL gave it
       enough programs; with key scales also above r = 64 from 64K tokens (rebuilt won at 32K, a tie at
       64K, folded 1.3× faster from 256K);
     - else keys rebuilt, one head per program."""
     tokens = batch * max_len
-    if scaled and rank <= 16 and tokens >= 262144:
-        return "grouped"
     small = rank <= 64 or (scaled and tokens >= 65536)
     short = rank <= (64 if scaled else 32) and tokens >= 16384
     return "folded" if (small and tokens >= 32768) or short else "rebuilt"
@@ -626,7 +635,7 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
             q, k_shared, v_shared, r_k, r_v, scales, mq, bt2, gram, lengths, inv_freq, cos_off, sin_off, m, l, acc_s,
             acc_r, *common, split_len, n_splits, H, dh ** -0.5 * LOG2E,
             DOT_FP32=dot_fp32, SUMS_BY_DOT=scaled and meta["R_P"] <= SUMS_BY_DOT_MAX_RANK,
-            EXACT_SUMS=dot_fp32 or wide, **consts, **norm_consts)
+            EXACT_SUMS=dot_fp32 or wide, HEAD_STAGES=head_stages(block_t, scaled), **consts, **norm_consts)
     elif method == "grouped":
         dot_fp32 = interpreted(_split_grouped_kernel) and not wide
         _split_grouped_kernel[grid](
