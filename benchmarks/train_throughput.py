@@ -41,15 +41,37 @@ def attention_for(kind: str, d_model: int, n_heads: int) -> dict:
     return attention
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def trial_for(size: str, kind: str, args: argparse.Namespace) -> TrialConfig:
+    """The trial of one row ('768x12x6', 'lrkv64-fused'), with the kind's training path forced if it names one."""
+    d_model, n_layers, n_heads = map(int, size.split("x"))
+    path = kind.partition("-")[2] or None
+    if path is not None and path not in lrkv_module.TRAINING_PATHS:
+        raise SystemExit(f"--kinds: {kind!r}: expected a suffix in {lrkv_module.TRAINING_PATHS}")
+    lrkv_module.TRAINING_PATH = path
+    return TrialConfig.from_dict({
+        "model": {"n_layers": n_layers, "attention": attention_for(kind, d_model, n_heads)},
+        "data": {"source": "stdlib", "seq_len": args.seq_len},
+        "train": {"tokens": args.steps * args.batch_size * args.seq_len, "batch_size": args.batch_size,
+                  "optimizer": args.optimizer, "eval_every": args.steps, "eval_blocks": 16,
+                  "compile": args.compile},
+    })
+
+
+def trial_parser(description: str, steps: int) -> argparse.ArgumentParser:
+    """The arguments that pick the rows' trials (`trial_for`)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--sizes", nargs="+", default=["768x12x6"], help="d_model x n_layers x n_heads")
     parser.add_argument("--kinds", nargs="+", default=["mha", "lrkv64"])
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=2048)
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--optimizer", default="adamw")
     parser.add_argument("--compile", choices=["on", "off"], default="on")
+    return parser
+
+
+def main() -> None:
+    parser = trial_parser(__doc__.splitlines()[0], steps=40)
     parser.add_argument("--repeats", type=int, default=1, help="rounds over the kinds, interleaved")
     parser.add_argument("--out-dir", type=Path, help="also write the JSON result here (after every row)")
     args = parser.parse_args()
@@ -61,20 +83,8 @@ def main() -> None:
 
     rows = []
     for size in args.sizes:
-        d_model, n_layers, n_heads = map(int, size.split("x"))
         for round_, kind in ((i, kind) for i in range(args.repeats) for kind in args.kinds):
-            trial = TrialConfig.from_dict({
-                "model": {"n_layers": n_layers, "attention": attention_for(kind, d_model, n_heads)},
-                "data": {"source": "stdlib", "seq_len": args.seq_len},
-                "train": {"tokens": args.steps * args.batch_size * args.seq_len, "batch_size": args.batch_size,
-                          "optimizer": args.optimizer, "eval_every": args.steps, "eval_blocks": 16,
-                          "compile": args.compile},
-            })
-            path = kind.partition("-")[2] or None
-            if path is not None and path not in lrkv_module.TRAINING_PATHS:
-                raise SystemExit(f"--kinds: {kind!r}: expected a suffix in {lrkv_module.TRAINING_PATHS}")
-            lrkv_module.TRAINING_PATH = path
-            record = train(trial)
+            record = train(trial_for(size, kind, args))
             rows.append({"size": size, "kind": kind, "round": round_, **{k: record[k] for k in (
                 "tokens_per_s", "mfu", "peak_memory_bytes", "flops_per_token", "params",
                 "kv_cache_bytes_per_token", "val_bpb", "steps", "device")}})

@@ -155,6 +155,24 @@ def peak_memory_bytes(device: torch.device) -> int:
     return rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB
 
 
+def compiled(model: GPT, choice: str, device: torch.device):
+    """The model as the trial steps it: `torch.compile`d for "on", and for "auto" on CUDA."""
+    return torch.compile(model) if choice == "on" or (choice == "auto" and device.type == "cuda") else model
+
+
+def train_step(step_model, model: GPT, batch: torch.Tensor, optimizers: list[torch.optim.Optimizer], autocast,
+               grad_clip: float) -> torch.Tensor:
+    """One optimisation step on a batch of token blocks (B, T + 1); returns the loss, unsynchronised."""
+    with autocast:
+        loss = step_model(batch[:, :-1], batch[:, 1:])
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    for opt in optimizers:
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return loss
+
+
 def train(config: TrialConfig, report: Report | None = None, progress: bool = False) -> dict:
     """Run one trial; returns its metrics record (see module docstring)."""
     t_start = time.perf_counter()
@@ -164,8 +182,7 @@ def train(config: TrialConfig, report: Report | None = None, progress: bool = Fa
     data = load_blocks(config.data)
     seq_len = config.data.seq_len
     model = GPT(config.model, data.vocab_size).to(device)
-    use_compile = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
-    step_model = torch.compile(model) if use_compile else model
+    step_model = compiled(model, cfg.compile, device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     optimizers = make_optimizers(model, cfg)
     base_lrs = [[g["lr"] for g in opt.param_groups] for opt in optimizers]
@@ -192,13 +209,7 @@ def train(config: TrialConfig, report: Report | None = None, progress: bool = Fa
             for opt, lrs in zip(optimizers, base_lrs):
                 for group, lr in zip(opt.param_groups, lrs):
                     group["lr"] = lr * lr_at(step - 1, steps, cfg)
-            with autocast:
-                loss = step_model(batch[:, :-1], batch[:, 1:])
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            for opt in optimizers:
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+            loss = train_step(step_model, model, batch, optimizers, autocast, cfg.grad_clip)
             train_loss = float(loss.detach())  # syncs, so the step time below is real
             seconds = time.perf_counter() - t0
             train_seconds += seconds
