@@ -509,7 +509,7 @@ METHODS = ("folded", "grouped", "rebuilt")
 def head_stages(block_t: int, scaled: bool) -> int:
     """Software-pipeline stages of folded's loops over the group's heads, so the next heads' latent rows and
     folded queries load while this head's products run. On an H100 with key scales (B = 8, T = 32K): 4 stages
-    made 64-token tiles 8 % faster at r = 32 and r = 64 (3: 5 %); 128-token tiles gained 11 % at r = 128 with
+    made 64-token tiles 8 % faster at r = 32 and r = 64 (3: 0–6 %); 128-token tiles gained 11 % at r = 128 with
     3 and do not fit 4 in shared memory. Without key scales 3 stages changed nothing (r = 64), and 1 (wider
     tiles too) keeps the loop as it was."""
     if not scaled or block_t > 128:
