@@ -26,7 +26,6 @@ import argparse
 import ast
 import json
 import platform
-import re
 import time
 from pathlib import Path
 
@@ -40,7 +39,7 @@ from lrkv.kernels.fused.tiles import dot_tile
 from lrkv.kernels.lrkv import attend_compressed, key_scales
 from lrkv.kernels.ops import rms_norm
 from lrkv.workers.profile import copies_past_l2, copy_bandwidth, step_seconds
-from record import arguments, write
+from record import arguments, card_slug, write
 
 THETA = 10000.0
 # Candidates (method, block_t, num_warps, num_stages, min_tiles, waves, heads_per_program); the product's
@@ -272,7 +271,7 @@ def main() -> None:
            "read_bandwidth_bytes_per_s": read, "heads": H, "head_dim": dh,
            "dtype": "bfloat16", "args": arguments(args)}
     tag = f"-{args.tag}" if args.tag else ""
-    name = f"decode-{re.sub(r'[^A-Za-z0-9]+', '_', card)}{tag}.json"
+    name = f"decode-{card_slug(card)}{tag}.json"
     candidates = (CANDIDATES if args.candidates == "all"
                   else [(key.split("-")[0], *tiling) for key, tiling in TILINGS.items()])
     if not args.key_scales:  # grouped computes no norm

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -31,9 +30,9 @@ from lrkv.dashboards.placement import busy_fractions, placements, shared_cards
 from lrkv.orchestrator.driver import SweepDriver
 from lrkv.orchestrator.spec import parse_spec
 from lrkv.orchestrator.stores import Stores
+from record import RESULTS, card_slug
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = Path(__file__).resolve().parent / "results"
 SPEC = ROOT / "sweeps" / "multi-gpu.yaml"
 TARGET = 1.1  # wall on k GPUs ≤ 1.1 × (wall on 1 GPU) / k
 
@@ -101,7 +100,7 @@ def main() -> None:
     env = {"card": card, "gpus": k_all, "fake": fake, "torch": torch.__version__, "ray": ray.__version__,
            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"), "spec": raw, "args": vars(args)}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"multi_gpu-{re.sub(r'[^A-Za-z0-9]+', '_', card)}-{k_all}gpu.json"
+    out = RESULTS / f"multi_gpu-{card_slug(card)}-{k_all}gpu.json"
     out.write_text(json.dumps({"env": env, "rows": rows}, indent=1) + "\n")
 
     print(f"\n{card} × {k_all}{' (fake)' if fake else ''} · {raw['budget']['trials']} trials · "

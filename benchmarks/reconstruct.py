@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
 import time
-from pathlib import Path
 
 import torch
 import triton
@@ -23,8 +21,8 @@ import triton
 from lrkv.kernels.fused.reconstruct import reconstruct as fused
 from lrkv.kernels.lrkv import reconstruct
 from lrkv.kernels.ops import rms_norm, rope
+from record import RESULTS, card_slug
 
-RESULTS = Path(__file__).parent / "results"
 THETA = 10000.0
 
 
@@ -85,7 +83,7 @@ def main() -> None:
            "date": time.strftime("%Y-%m-%d"), "dtype": "bfloat16", "args": vars(args)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     tag = f"-{args.tag}" if args.tag else ""
-    out = RESULTS / f"reconstruct-{re.sub(r'[^A-Za-z0-9]+', '_', card)}{tag}.json"
+    out = RESULTS / f"reconstruct-{card_slug(card)}{tag}.json"
     out.write_text(json.dumps({"env": env, "rows": rows}, indent=1) + "\n")
     print(f"written: {out}")
 

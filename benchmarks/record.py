@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import tempfile
 from pathlib import Path
 
@@ -16,6 +17,11 @@ def write(name: str, payload: dict, out_dir: Path | None = None) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / name).write_text(json.dumps(placeless(payload), indent=1, default=str) + "\n")
     return RESULTS / name
+
+
+def card_slug(card: str) -> str:
+    """A card's name as it stands in result file names: 'NVIDIA H100 80GB HBM3' -> 'NVIDIA_H100_80GB_HBM3'."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", card)
 
 
 def arguments(args: argparse.Namespace) -> dict:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -38,7 +37,7 @@ import lrkv.orchestrator.driver as driver_module
 from lrkv.orchestrator.driver import SweepDriver
 from lrkv.orchestrator.spec import parse_spec
 from lrkv.orchestrator.stores import Stores
-from record import arguments, write
+from record import arguments, card_slug, write
 
 CORPUS = Path(__file__).parents[1] / "tests" / "data" / "corpus"
 WARMUP_STEPS = 3  # lrkv.workers.train.WARMUP_STEPS: steps left out of tokens_per_s
@@ -286,7 +285,7 @@ def run_gpu(args) -> None:
     tokens_per_step = args.batch_size * args.seq_len
     out = {"env": environment(card) | {"started": started, "args": arguments(args), "gpus_per_trial_base": base},
            "ray_init_s": ray_init_s, "rows": [], "skipped": []}
-    name = (f"scheduler_overhead-gpu-{re.sub(r'[^A-Za-z0-9]+', '_', card)}{'-mps' if args.mps else ''}"
+    name = (f"scheduler_overhead-gpu-{card_slug(card)}{'-mps' if args.mps else ''}"
             f"{'-' + args.suffix if args.suffix else ''}.json")
     with tempfile.TemporaryDirectory(prefix="lrkv-packing-") as tmp:
         tmp = Path(tmp)

@@ -8,7 +8,6 @@ GPU time and its heaviest kernels, and writes the tables to benchmarks/results/t
 """
 from __future__ import annotations
 
-import re
 import time
 
 import torch
@@ -17,7 +16,7 @@ from torch.profiler import ProfilerActivity, profile
 from lrkv.workers.data import load_blocks
 from lrkv.workers.model import GPT
 from lrkv.workers.train import compiled, make_optimizers, train_step
-from record import arguments, write
+from record import arguments, card_slug, write
 from train_throughput import trial_for, trial_parser
 
 
@@ -56,7 +55,7 @@ def main() -> None:
     args = parser.parse_args()
     card = torch.cuda.get_device_name()
     env = {"card": card, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "args": arguments(args)}
-    name = f"train_profile-{re.sub(r'[^A-Za-z0-9]+', '_', card)}.json"
+    name = f"train_profile-{card_slug(card)}.json"
     rows = []
     for size in args.sizes:
         for kind in args.kinds:

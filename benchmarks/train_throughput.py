@@ -27,7 +27,7 @@ import torch
 from lrkv.kernels import lrkv as lrkv_module
 from lrkv.workers.config import TrialConfig
 from lrkv.workers.train import train
-from record import arguments, write
+from record import arguments, card_slug, write
 
 
 def attention_for(kind: str, d_model: int, n_heads: int) -> dict:
@@ -79,7 +79,7 @@ def main() -> None:
     env = {"card": card, "torch": torch.__version__, "python": platform.python_version(),
            "triton": _version("triton"), "date": time.strftime("%Y-%m-%d"),
            "args": arguments(args)}
-    name = f"train_throughput-{re.sub(r'[^A-Za-z0-9]+', '_', card)}.json"
+    name = f"train_throughput-{card_slug(card)}.json"
 
     rows = []
     for size in args.sizes:
