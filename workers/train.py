@@ -201,26 +201,44 @@ def train(config: TrialConfig, report: Report | None = None, progress: bool = Fa
 
     bar = TrainProgress(steps) if progress else None
     system = SystemSampler(device)
+    # A step's loss is read (a host sync) only once the next step is queued, so the GPU never waits on the
+    # host between steps; a validation step reads its own loss at once. A step's time runs from the
+    # previous read to its own.
+    queued: list[tuple[int, torch.Tensor]] = []
+    last_read = time.perf_counter()
+
+    def read_losses(keep: int) -> None:
+        """Reads the queued steps' losses, all but the last `keep`."""
+        nonlocal train_loss, train_seconds, timed_seconds, last_read
+        while len(queued) > keep:
+            done, loss = queued.pop(0)
+            train_loss = float(loss.detach())
+            now = time.perf_counter()
+            seconds, last_read = now - last_read, now
+            train_seconds += seconds
+            if done > warmup:  # the first steps pay for compilation and autotuning
+                timed_seconds += seconds
+            if not math.isfinite(train_loss):
+                raise TrialDiverged(f"training loss became {train_loss} at step {done}")
+            if bar is not None:
+                bar.update(done, train_loss, done * tokens_per_step / train_seconds)
+
     with bar or nullcontext(), system:
         for step in range(1, steps + 1):
-            t0 = time.perf_counter()
             idx = torch.randint(len(data.train), (cfg.batch_size,), generator=sampler)
-            batch = data.train[idx].to(device, non_blocking=True)
+            batch = data.train[idx]
+            if device.type == "cuda":  # from pinned memory the copy queues behind the running step, not waits for it
+                batch = batch.pin_memory()
+            batch = batch.to(device, non_blocking=True)
             for opt, lrs in zip(optimizers, base_lrs):
                 for group, lr in zip(opt.param_groups, lrs):
                     group["lr"] = lr * lr_at(step - 1, steps, cfg)
-            loss = train_step(step_model, model, batch, optimizers, autocast, cfg.grad_clip)
-            train_loss = float(loss.detach())  # syncs, so the step time below is real
-            seconds = time.perf_counter() - t0
-            train_seconds += seconds
-            if step > warmup:  # the first steps pay for compilation and autotuning
-                timed_seconds += seconds
-            if not math.isfinite(train_loss):
-                raise TrialDiverged(f"training loss became {train_loss} at step {step}")
-            if bar is not None:
-                bar.update(step, train_loss, step * tokens_per_step / train_seconds)
-            if step % cfg.eval_every == 0 or step == steps:
+            queued.append((step, train_step(step_model, model, batch, optimizers, autocast, cfg.grad_clip)))
+            validate = step % cfg.eval_every == 0 or step == steps
+            read_losses(keep=0 if validate else 1)
+            if validate:
                 val_bpb = evaluate(step_model, data, cfg.eval_blocks, cfg.batch_size, device, autocast)
+                last_read = time.perf_counter()  # validation is not training time
                 point = {"step": step, "tokens": step * tokens_per_step, "train_loss": train_loss, "val_bpb": val_bpb}
                 curve.append(point)
                 if bar is not None:

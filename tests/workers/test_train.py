@@ -52,9 +52,14 @@ def test_report_can_stop_a_trial(trial):
     assert record["stopped_early"] and record["steps"] == 8
 
 
-def test_nan_loss_raises_diverged(tmp_path):
-    with pytest.raises(TrialDiverged, match="loss became"):
-        train(tiny_trial(tmp_path, lr=1e30, warmup_frac=0.0, grad_clip=1e30))
+def test_nan_loss_raises_diverged_at_its_step(tmp_path):
+    """Losses are read a step late, except where a validation reads at once: both name the same first bad step."""
+    blamed = []
+    for eval_every in (1, 100):
+        with pytest.raises(TrialDiverged, match="loss became") as caught:
+            train(tiny_trial(tmp_path, lr=1e30, warmup_frac=0.0, grad_clip=1e30, eval_every=eval_every))
+        blamed.append(str(caught.value).rsplit(" ", 1)[-1])
+    assert blamed[0] == blamed[1] and int(blamed[0]) < 12
 
 
 @pytest.mark.parametrize("kind", ["mha", "gqa", "mqa", "mla"])
