@@ -46,7 +46,8 @@ THETA = 10000.0
 # defaults (TILINGS) are among them, and `logit_method` picks the one it runs per cell.
 CANDIDATES = [("rebuilt", *TILINGS["rebuilt"]), ("folded", *TILINGS["folded"]), ("folded", *TILINGS["folded-wide"]),
               ("folded", 128, 4, 2, 2, 8, None), ("folded", 256, 8, 2, 2, 4, None),
-              ("folded", 64, 4, 3, 2, 16, 8), ("folded", 128, 8, 2, 2, 4, None),
+              ("folded", 64, 4, 3, 2, 16, 8), ("folded", 128, 8, 2, 2, 4, None), ("folded", 128, 4, 3, 2, 8, None),
+              ("folded", 64, 4, 3, 4, 8, None),
               ("grouped", *TILINGS["grouped"]), ("grouped", 64, 8, 3, 2, 8, None), ("grouped", 128, 8, 3, 2, 8, None),
               ("grouped", 64, 4, 3, 2, 8, 1), ("grouped", 64, 4, 2, 2, 16, None), ("grouped", 32, 4, 3, 2, 16, None),
               # one tile per split at most: more, shorter programs for short contexts (launch-bound)

@@ -493,7 +493,7 @@ def _sm_count(device: torch.device) -> int:
 # tiles from r > 32 on, so the per-head matrices it streams are amortised over more tokens; with cached
 # key scales it streams one matrix per head instead of three, and wide tiles pay only from r > 64 (H200).
 # "grouped" takes heads_per_program None as: as many heads as fill GROUP_COLS latent columns.
-TILINGS = {"rebuilt": (32, 2, 2, 4, 32, 1), "folded": (64, 4, 3, 2, 8, None), "folded-wide": (128, 8, 3, 2, 8, None),
+TILINGS = {"rebuilt": (32, 2, 2, 4, 32, 1), "folded": (64, 4, 3, 4, 8, None), "folded-wide": (128, 8, 3, 2, 8, None),
            "grouped": (64, 4, 3, 2, 8, None)}
 GROUP_COLS = 128
 # Programs per multiprocessor that short contexts still get, with fewer than min_tiles tiles each if need be
@@ -506,29 +506,29 @@ SUMS_BY_DOT_MAX_RANK = 32
 METHODS = ("folded", "grouped", "rebuilt")
 
 
-def head_stages(block_t: int, scaled: bool) -> int:
+def head_stages(block_t: int, scaled: bool) -> int | None:
     """Software-pipeline stages of folded's loops over the group's heads, so the next heads' latent rows and
     folded queries load while this head's products run. On an H100 with key scales (B = 8, T = 32K): 4 stages
     made 64-token tiles 8 % faster at r = 32 and r = 64 (3: 0–6 %); 128-token tiles gained 11 % at r = 128 with
-    3 and do not fit 4 in shared memory. Without key scales 3 stages changed nothing (r = 64), and 1 (wider
-    tiles too) keeps the loop as it was."""
+    3 and do not fit 4 in shared memory. Elsewhere None leaves the compiler's own pipelining: a single stage
+    there (no pipelining) made the norm-computing kernel 1.6–2.8× slower on an H100."""
     if not scaled or block_t > 128:
-        return 1
+        return None
     return 4 if block_t <= 64 else 3
 
 
 def logit_method(batch: int, max_len: int, rank: int, scaled: bool = False) -> str:
     """The split kernel for a shape, from the H100 and H200 grids in benchmarks/NOTES.md (grouped, once 9–12 %
     faster at r ≤ 16 over 256K tokens, fell 4–5 % behind folded there once folded pipelined its head loops):
-    - folded while its per-head matrices stay small (r ≤ 64) over batches that fill the card (B·T ≥ 32K),
-      and from 16K tokens at r ≤ 32 (r ≤ 64 with key scales), 20–37 % faster there once FILL gave it
-      enough programs; with key scales also above r = 64 from 64K tokens (rebuilt won at 32K, a tie at
-      64K, folded 1.3× faster from 256K);
+    - with cached key scales, folded from 8K tokens at every rank (1.1–1.6× faster than rebuilt on an H100
+      down to there, at r = 128 too); keys rebuilt below, where three launches outweigh the stream;
+    - without, folded while its per-head matrices stay small (r ≤ 64) over batches that fill the card
+      (B·T ≥ 32K), and from 16K tokens at r ≤ 32, 20–37 % faster there once FILL gave it enough programs;
     - else keys rebuilt, one head per program."""
     tokens = batch * max_len
-    small = rank <= 64 or (scaled and tokens >= 65536)
-    short = rank <= (64 if scaled else 32) and tokens >= 16384
-    return "folded" if (small and tokens >= 32768) or short else "rebuilt"
+    if scaled:
+        return "folded" if tokens >= 8192 else "rebuilt"
+    return "folded" if (rank <= 64 and tokens >= 32768) or (rank <= 32 and tokens >= 16384) else "rebuilt"
 
 
 def split_count(rows: int, n_tiles: int, waves: int, min_tiles: int, sms: int) -> int:

@@ -152,14 +152,15 @@ def test_layer_decode_through_kernel_matches_forward(monkeypatch, key_scales):
 
 
 def test_method_follows_the_measured_crossover():
-    """Folded logits for r ≤ 64 over batches of at least 32K tokens (16K at r ≤ 32); keys rebuilt otherwise."""
+    """Folded logits for r ≤ 64 over batches of at least 32K tokens (16K at r ≤ 32), and with key scales from 8K
+    tokens; keys rebuilt otherwise."""
     assert logit_method(8, 32768, 64) == logit_method(1, 32768, 16) == logit_method(32, 2048, 32) == "folded"
     assert logit_method(8, 2048, 16) == logit_method(8, 2048, 32) == "folded"
     assert logit_method(8, 2048, 64) == logit_method(1, 8192, 16) == logit_method(8, 32768, 128) == "rebuilt"
-    assert logit_method(8, 2048, 64, scaled=True) == "folded"
-    # With cached key scales folded streams one matrix per head, and wins at r = 128 too (H200 grid).
-    assert logit_method(8, 32768, 128, scaled=True) == "folded"
-    assert logit_method(1, 32768, 128, scaled=True) == logit_method(1, 8192, 64, scaled=True) == "rebuilt"
+    # With cached key scales folded streams one matrix per head, and wins from 8K tokens at every rank (H100 grid).
+    assert logit_method(8, 2048, 64, scaled=True) == logit_method(8, 32768, 128, scaled=True) == "folded"
+    assert logit_method(1, 32768, 128, scaled=True) == logit_method(1, 8192, 64, scaled=True) == "folded"
+    assert logit_method(1, 2048, 16, scaled=True) == logit_method(1, 4096, 128, scaled=True) == "rebuilt"
     # Grouped heads are a candidate only: folded with pipelined head loops beat them at r = 16 (H100 grid).
     assert logit_method(8, 32768, 16, scaled=True) == logit_method(32, 8192, 4, scaled=True) == "folded"
     assert logit_method(8, 8192, 16, scaled=True) == logit_method(8, 32768, 32, scaled=True) == "folded"
