@@ -173,6 +173,41 @@ def train_step(step_model, model: GPT, batch: torch.Tensor, optimizers: list[tor
     return loss
 
 
+class LossReader:
+    """Reads each step's loss (a host sync) only once the next step is queued, so the GPU never waits on the
+    host between steps; a validation step reads its own at once. A step's time runs from the previous read
+    to its own; steps up to `warmup` pay for compilation and autotuning and are left out of `timed_seconds`."""
+
+    def __init__(self, warmup: int, tokens_per_step: int, bar: TrainProgress | None):
+        self.warmup, self.tokens_per_step, self.bar = warmup, tokens_per_step, bar
+        self.queued: list[tuple[int, torch.Tensor]] = []
+        self.last = float("nan")
+        self.train_seconds = self.timed_seconds = 0.0
+        self.last_read = time.perf_counter()
+
+    def queue(self, step: int, loss: torch.Tensor) -> None:
+        self.queued.append((step, loss))
+
+    def read(self, keep: int) -> None:
+        """Reads the queued losses, all but the last `keep`; a NaN or infinite one raises TrialDiverged."""
+        while len(self.queued) > keep:
+            step, loss = self.queued.pop(0)
+            self.last = float(loss.detach())
+            now = time.perf_counter()
+            seconds, self.last_read = now - self.last_read, now
+            self.train_seconds += seconds
+            if step > self.warmup:
+                self.timed_seconds += seconds
+            if not math.isfinite(self.last):
+                raise TrialDiverged(f"training loss became {self.last} at step {step}")
+            if self.bar is not None:
+                self.bar.update(step, self.last, step * self.tokens_per_step / self.train_seconds)
+
+    def resume(self) -> None:
+        """Starts the next step's clock now, leaving out the time since the last read."""
+        self.last_read = time.perf_counter()
+
+
 def train(config: TrialConfig, report: Report | None = None, progress: bool = False) -> dict:
     """Run one trial; returns its metrics record (see module docstring)."""
     t_start = time.perf_counter()
@@ -193,36 +228,13 @@ def train(config: TrialConfig, report: Report | None = None, progress: bool = Fa
     steps = max(1, cfg.tokens // tokens_per_step)
     sampler = torch.Generator().manual_seed(config.seed)
     curve: list[dict] = []
-    train_loss = float("nan")
-    train_seconds = timed_seconds = 0.0
     warmup = min(WARMUP_STEPS, steps - 1)  # always leaves at least the last step timed
     stopped_early = False
     step = 0
 
     bar = TrainProgress(steps) if progress else None
     system = SystemSampler(device)
-    # A step's loss is read (a host sync) only once the next step is queued, so the GPU never waits on the
-    # host between steps; a validation step reads its own loss at once. A step's time runs from the
-    # previous read to its own.
-    queued: list[tuple[int, torch.Tensor]] = []
-    last_read = time.perf_counter()
-
-    def read_losses(keep: int) -> None:
-        """Reads the queued steps' losses, all but the last `keep`."""
-        nonlocal train_loss, train_seconds, timed_seconds, last_read
-        while len(queued) > keep:
-            done, loss = queued.pop(0)
-            train_loss = float(loss.detach())
-            now = time.perf_counter()
-            seconds, last_read = now - last_read, now
-            train_seconds += seconds
-            if done > warmup:  # the first steps pay for compilation and autotuning
-                timed_seconds += seconds
-            if not math.isfinite(train_loss):
-                raise TrialDiverged(f"training loss became {train_loss} at step {done}")
-            if bar is not None:
-                bar.update(done, train_loss, done * tokens_per_step / train_seconds)
-
+    losses = LossReader(warmup, tokens_per_step, bar)
     with bar or nullcontext(), system:
         for step in range(1, steps + 1):
             idx = torch.randint(len(data.train), (cfg.batch_size,), generator=sampler)
@@ -233,13 +245,14 @@ def train(config: TrialConfig, report: Report | None = None, progress: bool = Fa
             for opt, lrs in zip(optimizers, base_lrs):
                 for group, lr in zip(opt.param_groups, lrs):
                     group["lr"] = lr * lr_at(step - 1, steps, cfg)
-            queued.append((step, train_step(step_model, model, batch, optimizers, autocast, cfg.grad_clip)))
+            losses.queue(step, train_step(step_model, model, batch, optimizers, autocast, cfg.grad_clip))
             validate = step % cfg.eval_every == 0 or step == steps
-            read_losses(keep=0 if validate else 1)
+            losses.read(keep=0 if validate else 1)
             if validate:
                 val_bpb = evaluate(step_model, data, cfg.eval_blocks, cfg.batch_size, device, autocast)
-                last_read = time.perf_counter()  # validation is not training time
-                point = {"step": step, "tokens": step * tokens_per_step, "train_loss": train_loss, "val_bpb": val_bpb}
+                losses.resume()  # validation is not training time
+                point = {"step": step, "tokens": step * tokens_per_step, "train_loss": losses.last,
+                         "val_bpb": val_bpb}
                 curve.append(point)
                 if bar is not None:
                     bar.note(val_bpb)
@@ -251,17 +264,18 @@ def train(config: TrialConfig, report: Report | None = None, progress: bool = Fa
         if cfg.profile_contexts else {}
     tokens = step * tokens_per_step
     timed_steps = step - warmup  # none when a report stopped the trial inside the warmup
-    tokens_per_s = timed_steps * tokens_per_step / timed_seconds if timed_steps > 0 else tokens / train_seconds
+    tokens_per_s = (timed_steps * tokens_per_step / losses.timed_seconds if timed_steps > 0
+                    else tokens / losses.train_seconds)
     flops_per_token = config.model.train_flops_per_token(data.vocab_size, seq_len)
     peak = peak_flops(device)
     return {
         "val_bpb": curve[-1]["val_bpb"],
-        "train_loss": train_loss,
+        "train_loss": losses.last,
         "steps": step,
         "tokens": tokens,
         "stopped_early": stopped_early,
         "wall_seconds": time.perf_counter() - t_start,
-        "train_seconds": train_seconds,
+        "train_seconds": losses.train_seconds,
         "tokens_per_s": tokens_per_s,
         "mfu": flops_per_token * tokens_per_s / peak if peak else None,
         "peak_memory_bytes": peak_memory_bytes(device),
