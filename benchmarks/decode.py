@@ -50,6 +50,8 @@ CANDIDATES = [("rebuilt", *TILINGS["rebuilt"]), ("folded", *TILINGS["folded"]), 
               ("folded", 64, 4, 3, 4, 8, None),
               ("grouped", *TILINGS["grouped"]), ("grouped", 64, 8, 3, 2, 8, None), ("grouped", 128, 8, 3, 2, 8, None),
               ("grouped", 64, 4, 3, 2, 8, 1), ("grouped", 64, 4, 2, 2, 16, None), ("grouped", 32, 4, 3, 2, 16, None),
+              # every head in one program: at r = 16 one product 256 latent columns wide, K_shared's work done once
+              ("grouped", 64, 8, 3, 2, 8, 16), ("grouped", 32, 4, 3, 2, 8, 16),
               # one tile per split at most: more, shorter programs for short contexts (launch-bound)
               ("rebuilt", 32, 2, 2, 1, 32, 1), ("rebuilt", 16, 2, 2, 1, 64, 1), ("rebuilt", 32, 4, 2, 1, 32, 1),
               ("folded", 64, 4, 3, 1, 8, None), ("folded", 32, 4, 3, 1, 16, None), ("grouped", 32, 4, 3, 1, 16, None)]

@@ -9,7 +9,9 @@ on one card, so the ratios compare like with like.
 `lrkv64` takes the layer's own training path; a suffix forces one (`kernels.lrkv.TRAINING_PATHS`):
 `-factored` rebuilds keys/values with the plain composition (einsum, norm, RoPE, which torch.compile
 fuses as it can), `-fused` with the Triton op. `--compile off` times eager CUDA. `--repeats N` runs the kinds N times in
-turn (each a fresh build and compile), so a ratio comes with the spread between rounds.
+turn (each a fresh build and compile), so a ratio comes with the spread between rounds. The process's first
+row (LRKV at 768/12/6) ran 16–18 % slow on an H100 when Inductor's caches were warm from an earlier run, and
+not with TORCHINDUCTOR_COMPILE_THREADS=1 (benchmarks/NOTES.md): set that, or compare the later rounds.
 
 Writes benchmarks/results/train_throughput-<card>.json and prints a table.
 """
