@@ -32,6 +32,19 @@ def test_record_and_reports(trial):
     json.dumps(record)  # the record is plain JSON
 
 
+def test_a_compiled_trial_stops_inductors_compile_workers(tmp_path, monkeypatch):
+    """Compiling for CUDA wakes a pool of compile worker processes, even when every kernel is cached; a trial
+    stops it once its graphs are compiled, so the workers do not take the CPUs its steps launch from."""
+    from torch._inductor import async_compile, config
+    monkeypatch.setattr(config, "compile_threads", 2)
+    async_compile.AsyncCompile.wakeup()  # as compile_fx does for CUDA inputs
+    pools = list(async_compile._pool_set)
+    assert pools and all(pool.process.poll() is None for pool in pools)
+    record = train(tiny_trial(tmp_path, compile="on"))
+    assert math.isfinite(record["val_bpb"])
+    assert not async_compile._pool_set and all(pool.process.poll() is not None for pool in pools)
+
+
 def test_system_sampler_measures_cpu_and_memory_and_stays_bounded():
     """A busy thread reads near 100 % CPU; a long run keeps at most max_samples, evenly spaced."""
     with SystemSampler(torch.device("cpu"), interval=0.01, max_samples=8) as sampler:
