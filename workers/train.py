@@ -161,10 +161,10 @@ def compiled(model: GPT, choice: str, device: torch.device):
 
 
 def release_compile_workers() -> None:
-    """Stops Inductor's compile worker processes. Inductor starts one per core whenever it compiles for CUDA,
-    even when every kernel comes from its cache; left to start up beside the first steps they take the CPUs
-    from a launch-bound step (benchmarks/NOTES.md: 16–18 % slower, gone with in-process compiling). A later
-    compile starts them again."""
+    """Stops Inductor's compile worker processes. Inductor starts one per core (up to 32) whenever it compiles
+    for CUDA, even when every kernel comes from its cache; left to start up beside the first steps they take
+    the CPUs from a launch-bound step (benchmarks/NOTES.md: 16–18 % slower, gone with in-process compiling).
+    A later compile starts them again."""
     from torch._inductor.async_compile import shutdown_compile_workers
     shutdown_compile_workers()
 

@@ -511,7 +511,7 @@ def head_stages(block_t: int, scaled: bool) -> int | None:
     folded queries load while this head's products run. On an H100 with key scales (B = 8, T = 32K): 4 stages
     made 64-token tiles 8 % faster at r = 32 and r = 64 (3: 0–6 %); 128-token tiles gained 11 % at r = 128 with
     3 and do not fit 4 in shared memory. Elsewhere None leaves the compiler's own pipelining: on an H100 the
-    norm-computing kernel ran 1.28–1.95× faster so than with its head loops pinned to one stage."""
+    norm-computing kernel ran 1.28–1.95× faster that way than with its head loops pinned to one stage."""
     if not scaled or block_t > 128:
         return None
     return 4 if block_t <= 64 else 3
