@@ -34,7 +34,7 @@ import torch.nn.functional as F
 import triton
 from triton.runtime.errors import OutOfResources
 
-from lrkv.kernels.fused.decode import METHODS, TILINGS, decode, default_tiling, group_size, logit_method
+from lrkv.kernels.fused.decode import METHODS, SHORT_REBUILT, TILINGS, decode, default_tiling, group_size, logit_method
 from lrkv.kernels.fused.tiles import dot_tile
 from lrkv.kernels.lrkv import attend_compressed, key_scales
 from lrkv.kernels.ops import rms_norm
@@ -44,7 +44,8 @@ from record import arguments, card_slug, write
 THETA = 10000.0
 # Candidates (method, block_t, num_warps, num_stages, min_tiles, waves, heads_per_program); the product's
 # defaults (TILINGS) are among them, and `logit_method` picks the one it runs per cell.
-CANDIDATES = [("rebuilt", *TILINGS["rebuilt"]), ("folded", *TILINGS["folded"]), ("folded", *TILINGS["folded-wide"]),
+DEFAULTS = [(key.split("-")[0], *tiling) for key, tiling in TILINGS.items()] + [("rebuilt", *SHORT_REBUILT)]
+CANDIDATES = [("rebuilt", *TILINGS["rebuilt"]), ("rebuilt", *SHORT_REBUILT), ("folded", *TILINGS["folded"]), ("folded", *TILINGS["folded-wide"]),
               ("folded", 128, 4, 2, 2, 8, None), ("folded", 256, 8, 2, 2, 4, None),
               ("folded", 64, 4, 3, 2, 16, 8), ("folded", 128, 8, 2, 2, 4, None), ("folded", 128, 4, 3, 2, 8, None),
               ("folded", 64, 4, 3, 4, 8, None),
@@ -59,7 +60,7 @@ CANDIDATES = [("rebuilt", *TILINGS["rebuilt"]), ("folded", *TILINGS["folded"]), 
 
 def product_tiling(B: int, T: int, r: int, scaled: bool = False) -> tuple:
     method = logit_method(B, T, r, scaled)
-    return (method, *default_tiling(method, r, scaled))
+    return (method, *default_tiling(method, r, scaled, B * T))
 
 
 def read_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> float:
@@ -212,6 +213,18 @@ def tensor_core_flops(method: str, tokens: int, H: int, dh: int, r: int, scaled:
     return int(2 * macs * tokens * H)
 
 
+def parse_tiling(text: str) -> tuple:
+    """'folded,64,4,3,1,8,4' -> ("folded", 64, 4, 3, 1, 8, 4), the shape of a CANDIDATES entry."""
+    method, *numbers = text.split(",")
+    if method not in METHODS or len(numbers) != 6:
+        raise argparse.ArgumentTypeError(f"expected method,block_t,num_warps,num_stages,min_tiles,waves,heads "
+                                         f"with method one of {', '.join(METHODS)}, got {text!r}")
+    try:
+        return (method, *map(int, numbers[:5]), None if numbers[5] == "None" else int(numbers[5]))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers after the method, got {text!r}") from None
+
+
 def ms(v: float | None) -> str:
     return f"{v:.4f}" if v else "-"
 
@@ -254,6 +267,9 @@ def main() -> None:
     parser.add_argument("--report", type=Path, help="reprint a results file's table with the current defaults")
     parser.add_argument("--candidates", choices=["all", "defaults"], default="all",
                         help="time every candidate tiling, or only the product's defaults (TILINGS)")
+    parser.add_argument("--tiling", type=parse_tiling, nargs="+", default=[],
+                        help="more candidates, each method,block_t,num_warps,num_stages,min_tiles,waves,heads "
+                             "(heads 'None': the method's default group)")
     parser.add_argument("--key-scales", action="store_true", help="LRKV caches each key's 1/rms (spec key_scales)")
     parser.add_argument("--out-dir", type=Path, help="also write the JSON result here (after every cell)")
     args = parser.parse_args()
@@ -276,7 +292,7 @@ def main() -> None:
     tag = f"-{args.tag}" if args.tag else ""
     name = f"decode-{card_slug(card)}{tag}.json"
     candidates = (CANDIDATES if args.candidates == "all"
-                  else [(key.split("-")[0], *tiling) for key, tiling in TILINGS.items()])
+                  else DEFAULTS) + args.tiling
     if not args.key_scales:  # grouped computes no norm
         candidates = [c for c in candidates if c[0] != "grouped"]
 

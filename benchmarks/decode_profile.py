@@ -32,7 +32,7 @@ def main() -> None:
     lengths = torch.full((B,), T, device=device)
     tiling = product_tiling(B, T, r, args.key_scales)
     if args.method:
-        tiling = (args.method, *default_tiling(args.method, r, args.key_scales))
+        tiling = (args.method, *default_tiling(args.method, r, args.key_scales, B * T))
     print("tiling", tiling, "theta", THETA, flush=True)
     for _ in range(2):
         fused(q, rows, k_up, v_up, lengths, tiling)

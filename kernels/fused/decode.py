@@ -18,8 +18,8 @@ merges the splits' online-softmax partials and applies B_v,h once. Three split k
   the split programs stream those from L2 for every tile, which is what costs at large r.
 - "grouped": the folded logit without norm work, for a group of heads whose M_h stay loaded in the program;
   one product per tile serves the group, and per-head row sums are a product with a 0/1 matrix. The O(d_h)
-  work per token is repeated for every group, so it paid only at small r, where groups are large; the launcher
-  no longer picks it (folded with pipelined head loops is faster there), and `method` still can.
+  work per token is repeated for every group, so it pays only at small r, where groups are large: the launcher
+  picks it at r ≤ 16 for short contexts with key scales (folded with pipelined head loops is faster over long ones).
 
 Given the keys' cached 1/rms (`k_scale`, a spec's `key_scales`), both kernels scale the logit by it and
 skip the norm's work: the sums of squares (rebuilt) or the norm's two products per head (folded).
@@ -496,6 +496,11 @@ def _sm_count(device: torch.device) -> int:
 TILINGS = {"rebuilt": (32, 2, 2, 4, 32, 1), "folded": (64, 4, 3, 4, 8, None), "folded-wide": (128, 8, 3, 2, 8, None),
            "grouped": (64, 4, 3, 2, 8, None)}
 GROUP_COLS = 128
+# Launch-bound contexts: two heads per program share the K_shared/V_shared tiles, and one tile per split
+# makes more, shorter programs. H100, B = 1, T = 2K: 5–10 % faster at r ≤ 32 with key scales, 1 % without,
+# slower at r ≥ 64; at T = 4K, 1.4–1.5× slower (twice the programs of one wave).
+SHORT_TOKENS = 2048
+SHORT_REBUILT = (32, 2, 2, 1, 32, 2)
 # Programs per multiprocessor that short contexts still get, with fewer than min_tiles tiles each if need be
 # (H200, T = 2K: folded at B = 8 went from 8 to 32 splits and 26–31 % faster; where min_tiles already gave
 # two programs per SM, a tile a split was no faster).
@@ -519,15 +524,16 @@ def head_stages(block_t: int, scaled: bool) -> int | None:
 
 def logit_method(batch: int, max_len: int, rank: int, scaled: bool = False) -> str:
     """The split kernel for a shape, from the H100 and H200 grids in benchmarks/NOTES.md (grouped, once 9–12 %
-    faster at r ≤ 16 over 256K tokens, fell 4–5 % behind folded there once folded pipelined its head loops):
+    faster at r ≤ 16 over 256K tokens, fell behind folded there once folded pipelined its head loops):
     - with cached key scales, folded from 8K tokens at every rank (1.1–1.6× faster than rebuilt on an H100
-      down to there, at r = 128 too); keys rebuilt below, where three launches outweigh the stream;
+      down to there, at r = 128 too); below, grouped at r ≤ 16 (7–9 % faster than rebuilt at B = 1, T = 2K
+      and 4K) and keys rebuilt above;
     - without, folded while its per-head matrices stay small (r ≤ 64) over batches that fill the card
       (B·T ≥ 32K), and from 16K tokens at r ≤ 32, 20–37 % faster there once FILL gave it enough programs;
-    - else keys rebuilt, one head per program."""
+    - else keys rebuilt."""
     tokens = batch * max_len
     if scaled:
-        return "folded" if tokens >= 8192 else "rebuilt"
+        return "folded" if tokens >= 8192 else "grouped" if rank <= 16 else "rebuilt"
     return "folded" if (rank <= 64 and tokens >= 32768) or (rank <= 32 and tokens >= 16384) else "rebuilt"
 
 
@@ -546,7 +552,11 @@ def group_size(method: str, n_heads: int, rank: int, heads_per_program: int | No
     return max(d for d in range(1, min(heads_per_program, n_heads) + 1) if n_heads % d == 0)
 
 
-def default_tiling(method: str, rank: int, scaled: bool = False) -> tuple:
+def default_tiling(method: str, rank: int, scaled: bool = False, tokens: int | None = None) -> tuple:
+    """The tiling of TILINGS for a method and rank; over at most SHORT_TOKENS cached tokens (B·T), rebuilt at
+    r ≤ 32 takes SHORT_REBUILT."""
+    if method == "rebuilt" and rank <= 32 and tokens is not None and tokens <= SHORT_TOKENS:
+        return SHORT_REBUILT
     return TILINGS["folded-wide" if method == "folded" and rank > (64 if scaled else 32) else method]
 
 
@@ -591,7 +601,7 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
         raise ValueError("method: 'grouped' computes no norm, so it needs k_scale or norm=False")
     given = (block_t, num_warps, num_stages, min_tiles, waves, heads_per_program)
     block_t, num_warps, num_stages, min_tiles, waves, heads_per_program = (
-        d if v is None else v for v, d in zip(given, default_tiling(method, r, scaled)))
+        d if v is None else v for v, d in zip(given, default_tiling(method, r, scaled, B * T_max)))
 
     half = dh // 2
     heads = group_size(method, H, r, heads_per_program)

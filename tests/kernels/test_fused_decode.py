@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from lrkv.kernels import AttentionSpec, build_attention
-from lrkv.kernels.fused.decode import decode, logit_method, split_count
+from lrkv.kernels.fused.decode import SHORT_REBUILT, TILINGS, decode, default_tiling, logit_method, split_count
 from lrkv.kernels.lrkv import attend_compressed, key_scales
 
 THETA = 10000.0
@@ -160,11 +160,20 @@ def test_method_follows_the_measured_crossover():
     # With cached key scales folded streams one matrix per head, and wins from 8K tokens at every rank (H100 grid).
     assert logit_method(8, 2048, 64, scaled=True) == logit_method(8, 32768, 128, scaled=True) == "folded"
     assert logit_method(1, 32768, 128, scaled=True) == logit_method(1, 8192, 64, scaled=True) == "folded"
-    assert logit_method(1, 2048, 16, scaled=True) == logit_method(1, 4096, 128, scaled=True) == "rebuilt"
-    # Grouped heads are a candidate only: folded with pipelined head loops beat them at r = 16 (H100 grid).
+    assert logit_method(1, 2048, 32, scaled=True) == logit_method(1, 4096, 128, scaled=True) == "rebuilt"
+    # Grouped heads only below 8K tokens at r ≤ 16: over more, folded with pipelined head loops beat them (H100 grid).
+    assert logit_method(1, 2048, 16, scaled=True) == logit_method(1, 4096, 8, scaled=True) == "grouped"
     assert logit_method(8, 32768, 16, scaled=True) == logit_method(32, 8192, 4, scaled=True) == "folded"
     assert logit_method(8, 8192, 16, scaled=True) == logit_method(8, 32768, 32, scaled=True) == "folded"
     assert logit_method(8, 32768, 16) == "folded"
+
+
+def test_short_contexts_take_more_shorter_programs_at_small_ranks():
+    """Up to 2K cached tokens rebuilt at r ≤ 32 runs two heads per program and one tile per split (H100 grid)."""
+    assert default_tiling("rebuilt", 16, True, 2048) == default_tiling("rebuilt", 32, False, 1024) == SHORT_REBUILT
+    assert default_tiling("rebuilt", 64, True, 2048) == default_tiling("rebuilt", 16, True, 4096) == TILINGS["rebuilt"]
+    assert default_tiling("folded", 16, True, 2048) == TILINGS["folded"]
+    assert default_tiling("rebuilt", 16) == TILINGS["rebuilt"]  # shape unknown
 
 
 def test_short_contexts_still_fill_the_card():
