@@ -34,6 +34,7 @@ import torch.nn.functional as F
 import triton
 from triton.runtime.errors import OutOfResources
 
+from lrkv.kernels.fused import decode as fused_decode
 from lrkv.kernels.fused.decode import METHODS, SHORT_REBUILT, TILINGS, decode, default_tiling, group_size, logit_method
 from lrkv.kernels.fused.tiles import dot_tile
 from lrkv.kernels.lrkv import attend_compressed, key_scales
@@ -43,19 +44,18 @@ from record import arguments, card_slug, write
 
 THETA = 10000.0
 # Candidates (method, block_t, num_warps, num_stages, min_tiles, waves, heads_per_program); the product's
-# defaults (TILINGS) are among them, and `logit_method` picks the one it runs per cell.
+# defaults (every tiling the launcher can pick) are among them, and `logit_method` picks the one it runs per cell.
 DEFAULTS = [(key.split("-")[0], *tiling) for key, tiling in TILINGS.items()] + [("rebuilt", *SHORT_REBUILT)]
-CANDIDATES = [("rebuilt", *TILINGS["rebuilt"]), ("rebuilt", *SHORT_REBUILT), ("folded", *TILINGS["folded"]), ("folded", *TILINGS["folded-wide"]),
-              ("folded", 128, 4, 2, 2, 8, None), ("folded", 256, 8, 2, 2, 4, None),
-              ("folded", 64, 4, 3, 2, 16, 8), ("folded", 128, 8, 2, 2, 4, None), ("folded", 128, 4, 3, 2, 8, None),
-              ("folded", 64, 4, 3, 4, 8, None),
-              ("grouped", *TILINGS["grouped"]), ("grouped", 64, 8, 3, 2, 8, None), ("grouped", 128, 8, 3, 2, 8, None),
-              ("grouped", 64, 4, 3, 2, 8, 1), ("grouped", 64, 4, 2, 2, 16, None), ("grouped", 32, 4, 3, 2, 16, None),
-              # every head in one program: at r = 16 one product 256 latent columns wide, K_shared's work done once
-              ("grouped", 64, 8, 3, 2, 8, 16), ("grouped", 32, 4, 3, 2, 8, 16),
-              # one tile per split at most: more, shorter programs for short contexts (launch-bound)
-              ("rebuilt", 32, 2, 2, 1, 32, 1), ("rebuilt", 16, 2, 2, 1, 64, 1), ("rebuilt", 32, 4, 2, 1, 32, 1),
-              ("folded", 64, 4, 3, 1, 8, None), ("folded", 32, 4, 3, 1, 16, None), ("grouped", 32, 4, 3, 1, 16, None)]
+CANDIDATES = DEFAULTS + [
+    ("folded", 128, 4, 2, 2, 8, None), ("folded", 256, 8, 2, 2, 4, None), ("folded", 64, 4, 3, 2, 16, 8),
+    ("folded", 128, 8, 2, 2, 4, None), ("folded", 128, 4, 3, 2, 8, None),
+    ("grouped", 64, 8, 3, 2, 8, None), ("grouped", 128, 8, 3, 2, 8, None), ("grouped", 64, 4, 3, 2, 8, 1),
+    ("grouped", 64, 4, 2, 2, 16, None), ("grouped", 32, 4, 3, 2, 16, None),
+    # every head in one program: at r = 16 one product 256 latent columns wide, K_shared's work done once
+    ("grouped", 64, 8, 3, 2, 8, 16), ("grouped", 32, 4, 3, 2, 8, 16),
+    # one tile per split at most: more, shorter programs for short contexts (launch-bound)
+    ("rebuilt", 32, 2, 2, 1, 32, 1), ("rebuilt", 16, 2, 2, 1, 64, 1), ("rebuilt", 32, 4, 2, 1, 32, 1),
+    ("folded", 64, 4, 3, 1, 8, None), ("folded", 32, 4, 3, 1, 16, None), ("grouped", 32, 4, 3, 1, 16, None)]
 
 
 def product_tiling(B: int, T: int, r: int, scaled: bool = False) -> tuple:
@@ -197,7 +197,8 @@ def tensor_core_flops(method: str, tokens: int, H: int, dh: int, r: int, scaled:
     """FLOPs of the split kernel's tensor-core products over `tokens` cached tokens (as the kernels issue
     them: p's rows padded to 16, one head per program for "rebuilt", all heads in one program for "folded").
     Multiply-adds per (token, head), folded: [cos|sin]·M_h and K_s·2B_hᵀ (dh·r each), R_k·B_hB_hᵀ (r²),
-    p·R_v,h (16·r), and a share of the group's q·RoPE(K_s) and p·V_s (dh and 16·dh per token);
+    p·R_v,h (16·r; 16·G·r where the group's G heads take it at once), and a share of the group's q·RoPE(K_s)
+    and p·V_s (dh and 16·dh per token);
     rebuilt: R_k·B_h (dh·r), p·V_s (16·dh), p·R_v,h (16·r). With cached key scales folded skips the norm's
     two (K_s·2B_hᵀ and R_k·B_hB_hᵀ). grouped (no norm work), per program of G heads and per token:
     [cos|sin]·M_group (dh·C for C = G·r_p latent columns), the head sums (2·C·16, high and low parts),
@@ -206,8 +207,10 @@ def tensor_core_flops(method: str, tokens: int, H: int, dh: int, r: int, scaled:
         heads = group_size(method, H, r, None)
         cols = triton.next_power_of_2(heads) * dot_tile(r)
         macs = (dh * cols + 48 * cols + 32 * dh) / heads
-    elif method == "folded":
-        macs = (dh + 16 * dh) / H + dh * r + (0 if scaled else dh * r + r * r) + 16 * r
+    elif method == "folded":  # p·R_v against every head of the group at once at small ranks
+        at_once = dot_tile(r) <= fused_decode.VALUES_AT_ONCE_MAX_RANK
+        values = 16 * r * (dot_tile(group_size(method, H, r, None)) if at_once else 1)
+        macs = (dh + 16 * dh) / H + dh * r + (0 if scaled else dh * r + r * r) + values
     else:
         macs = dh * r + 16 * dh + 16 * r
     return int(2 * macs * tokens * H)
@@ -270,6 +273,8 @@ def main() -> None:
     parser.add_argument("--tiling", type=parse_tiling, nargs="+", default=[],
                         help="more candidates, each method,block_t,num_warps,num_stages,min_tiles,waves,heads "
                              "(heads 'None': the method's default group)")
+    parser.add_argument("--values-at-once-max-rank", type=int,
+                        help="folded's p·R_v as one product per group up to this rank (default: the product's)")
     parser.add_argument("--key-scales", action="store_true", help="LRKV caches each key's 1/rms (spec key_scales)")
     parser.add_argument("--out-dir", type=Path, help="also write the JSON result here (after every cell)")
     args = parser.parse_args()
@@ -278,6 +283,8 @@ def main() -> None:
         scaled = result["env"]["args"].get("key_scales", False)
         print_table(result["env"], [with_defaults(c, scaled) for c in result["cells"]])
         return
+    if args.values_at_once_max_rank is not None:
+        fused_decode.VALUES_AT_ONCE_MAX_RANK = args.values_at_once_max_rank
     device = torch.device("cuda")
     gen = torch.Generator(device=device).manual_seed(0)
     H, dh = args.heads, args.head_dim

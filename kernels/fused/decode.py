@@ -160,7 +160,8 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, KSC, MQ, BT2, GRAM, LENGTHS, INV_FRE
                          HALF: tl.constexpr, HALF_P: tl.constexpr, R: tl.constexpr, R_P: tl.constexpr,
                          BLOCK_T: tl.constexpr, NORM: tl.constexpr, SCALED: tl.constexpr, ROPE: tl.constexpr,
                          DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, EPSILON: tl.constexpr,
-                         SUMS_BY_DOT: tl.constexpr, EXACT_SUMS: tl.constexpr, HEAD_STAGES: tl.constexpr):
+                         SUMS_BY_DOT: tl.constexpr, EXACT_SUMS: tl.constexpr, HEAD_STAGES: tl.constexpr,
+                         VALUE_COLS: tl.constexpr):
     # One program streams a chunk of one sequence for a group of HEADS heads. Per-head tensors are
     # (BLOCK_T, HEADS_P) with one column per head, or (HEADS_P, ·) with one row per head.
     b, split, h0, start, end = _program_chunk(LENGTHS, split_len, HEADS)
@@ -186,7 +187,12 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, KSC, MQ, BT2, GRAM, LENGTHS, INV_FRE
     l = tl.zeros((HEADS_P,), tl.float32)
     acc1 = tl.zeros((HEADS_P, HALF_P), tl.float32)  # p·V_shared, first and second half of d_h
     acc2 = tl.zeros((HEADS_P, HALF_P), tl.float32)
-    acc_r = tl.zeros((HEADS_P, R_P), tl.float32)    # p·R_v,h, one row per head
+    # p·R_v,h, one row per head: R_P columns from a loop over heads, or every head's latent side by side
+    # (column c: head c // R_P, rank c % R_P) from one product, of which each row keeps its own head's block
+    offs_v = tl.arange(0, VALUE_COLS)
+    v_head, v_rank = offs_v // R_P, offs_v % R_P
+    v_ok = (v_head < HEADS) & (v_rank < R)
+    acc_r = tl.zeros((HEADS_P, VALUE_COLS), tl.float32)
     mr_ok = d_ok[:, None] & r_ok[None, :]
 
     for t0 in range(start, end, BLOCK_T):
@@ -236,15 +242,23 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, KSC, MQ, BT2, GRAM, LENGTHS, INV_FRE
 
         pv, alpha, m, l, acc1, acc2 = _softmax_values(s, m, l, acc1, acc2, VS, b, t, tile, offs_d, svs_b, svs_t,
                                                       HALF, DOT_FP32, PRECISION)
-        if R > 0:  # each head's row of p against its own R_v,h (the other rows are zero)
+        if R > 0:
             acc_r = acc_r * alpha[:, None]
-            for j in tl.range(HEADS, num_stages=HEAD_STAGES):
-                rv = tl.load(RV + b * srv_b + t[:, None] * srv_t + (h0 + j) * srv_h + offs_r[None, :],
-                             mask=t_ok[:, None] & r_ok[None, :], other=0.0)
-                acc_r = _mma(tl.where(offs_h[:, None] == j, pv, 0.0), rv, acc_r, DOT_FP32, PRECISION)
+            if VALUE_COLS > R_P:
+                rv = tl.load(RV + b * srv_b + t[:, None] * srv_t + ((h0 + v_head) * srv_h + v_rank)[None, :],
+                             mask=t_ok[:, None] & v_ok[None, :], other=0.0)
+                acc_r = _mma(pv, rv, acc_r, DOT_FP32, PRECISION)
+            else:  # each head's row of p against its own R_v,h (the other rows are zero)
+                for j in tl.range(HEADS, num_stages=HEAD_STAGES):
+                    rv = tl.load(RV + b * srv_b + t[:, None] * srv_t + (h0 + j) * srv_h + offs_r[None, :],
+                                 mask=t_ok[:, None] & r_ok[None, :], other=0.0)
+                    acc_r = _mma(tl.where(offs_h[:, None] == j, pv, 0.0), rv, acc_r, DOT_FP32, PRECISION)
 
+    own = h_ok[:, None] & v_ok[None, :]
+    if VALUE_COLS > R_P:
+        own = own & (offs_h[:, None] == v_head[None, :])
     _store_partials(M, L, ACC_S, ACC_R, m, l, acc1, acc2, acc_r, b, n_heads, h0, split, n_splits, offs_h, h_ok,
-                    offs_d, d_ok, offs_r, h_ok[:, None] & r_ok[None, :], HALF, R)
+                    offs_d, d_ok, v_rank, own, HALF, R)
 
 
 @triton.jit
@@ -508,6 +522,10 @@ FILL = 2
 # Folded with cached key scales sums each head's logit terms as a product with a 0/1 matrix up to this rank:
 # 4–8 % faster at r ≤ 32 on an H200, 9–13 % slower at r ≥ 64, and 14–34 % slower where it also sums the norm.
 SUMS_BY_DOT_MAX_RANK = 32
+# Folded takes p·R_v for the whole group as one product (HEADS_P × the columns it keeps) up to this rank, not a
+# loop over heads: at r = 16 on an H100, 3.5–7 % faster with key scales and 6–10 % without; at r = 32 its
+# accumulator is too wide (1.39–1.42× slower).
+VALUES_AT_ONCE_MAX_RANK = 16
 METHODS = ("folded", "grouped", "rebuilt")
 
 
@@ -645,7 +663,9 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
             q, k_shared, v_shared, r_k, r_v, scales, mq, bt2, gram, lengths, inv_freq, cos_off, sin_off, m, l, acc_s,
             acc_r, *common, split_len, n_splits, H, dh ** -0.5 * LOG2E,
             DOT_FP32=dot_fp32, SUMS_BY_DOT=scaled and meta["R_P"] <= SUMS_BY_DOT_MAX_RANK,
-            EXACT_SUMS=dot_fp32 or wide, HEAD_STAGES=head_stages(block_t, scaled), **consts, **norm_consts)
+            EXACT_SUMS=dot_fp32 or wide, HEAD_STAGES=head_stages(block_t, scaled),
+            VALUE_COLS=meta["R_P"] * (consts["HEADS_P"] if meta["R_P"] <= VALUES_AT_ONCE_MAX_RANK else 1),
+            **consts, **norm_consts)
     elif method == "grouped":
         dot_fp32 = interpreted(_split_grouped_kernel) and not wide
         _split_grouped_kernel[grid](

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from lrkv.kernels import AttentionSpec, build_attention
+from lrkv.kernels.fused import decode as fused_decode
 from lrkv.kernels.fused.decode import SHORT_REBUILT, TILINGS, decode, default_tiling, logit_method, split_count
 from lrkv.kernels.lrkv import attend_compressed, key_scales
 
@@ -79,6 +80,18 @@ def test_head_groups_agree(heads_per_program, block_t, r, method):
     q, rows, k_up, v_up, lengths = compressed_cache(2, 40, 4, 32, r, [40, 17], seed=11)
     out = run(q, rows, k_up, v_up, lengths, True, THETA, method=method, block_t=block_t, splits=2,
               heads_per_program=heads_per_program)
+    torch.testing.assert_close(out.double(), reference(q, rows, k_up, v_up, lengths, True, THETA),
+                               rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dh,r,H", [(32, 4, 4), (32, 16, 4), (20, 6, 3), (64, 64, 2)])
+@pytest.mark.parametrize("scaled", [False, True])
+def test_folded_values_of_the_whole_group_at_once(monkeypatch, dh, r, H, scaled):
+    """Folded's p·R_v for every head of a group as one product (padded heads and ranks masked) gives the reference."""
+    monkeypatch.setattr(fused_decode, "VALUES_AT_ONCE_MAX_RANK", 64)
+    q, rows, k_up, v_up, lengths = compressed_cache(3, 50, H, dh, r, [50, 9, 31], seed=r + H)
+    k_scale = cached_key_scales(rows, k_up) if scaled else None
+    out = run(q, rows, k_up, v_up, lengths, True, THETA, method="folded", block_t=16, splits=2, k_scale=k_scale)
     torch.testing.assert_close(out.double(), reference(q, rows, k_up, v_up, lengths, True, THETA),
                                rtol=1e-4, atol=1e-4)
 
