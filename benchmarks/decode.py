@@ -2,9 +2,10 @@
 and the bandwidth floor, all measured in the same run on the same card.
 
 Every LRKV cell is first checked against an fp64 reference (two sequences of the cell, full and
-ragged lengths, every candidate tiling of both split kernels): bf16 relative error must stay ≤ 1e-2
-or the script stops. "fused" is what the product runs (the method `logit_method` picks, with its
-default tiling); the best candidate of each method is reported beside it.
+ragged lengths, every candidate tiling of every split kernel; grouped only with --key-scales): bf16 relative
+error must stay ≤ 1e-2; a candidate over it is left out, and the product's own tiling over it stops the run.
+"fused" is what the product runs (the method `logit_method` picks, with its default tiling); the best
+candidate of each method is reported beside it.
 Timings replay a CUDA graph of many decode steps; a small cache is cycled through enough copies
 that each step reads it from HBM, not from L2. The floor is the cache's bytes over the
 device-to-device copy bandwidth (bytes read + written per second) measured here; "÷read" divides by
@@ -14,11 +15,13 @@ kernel read per second, "TF/s" the rate of its tensor-core products (`tensor_cor
 `--key-scales` times the cache layout of a spec's `key_scales` (each key's 1/rms cached, H more values
 per token, counted in the floor); its check still compares against the reference that computes the norm.
 
-    python3 benchmarks/decode.py                       # H=16, d_h=128, the issue's full grid
+    python3 benchmarks/decode.py                       # H=16, d_h=128, B 1/8/32, T 2K/8K/32K, r 16/32/64/128
     python3 benchmarks/decode.py --batch 8 --context 32768 --ranks 64
     python3 benchmarks/decode.py --report benchmarks/results/decode-<card>.json   # reprint with today's defaults
 
-Writes benchmarks/results/decode-<card>.json and prints a table.
+`--candidates defaults` times only the tilings the launcher can pick, `--tiling` adds candidates, `--no-plain`
+skips the plain-PyTorch baseline. Writes benchmarks/results/decode-<card>[-<tag>].json (and a copy under
+--out-dir) and prints a table; --report only reprints.
 """
 from __future__ import annotations
 

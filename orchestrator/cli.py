@@ -97,9 +97,10 @@ def cache(
 
 sweep_app = typer.Typer(help="Run and manage rank sweeps.", no_args_is_help=True)
 app.add_typer(sweep_app, name="sweep")
-StorageOpt = typer.Option(None, "--storage", help="Optuna storage: SQLAlchemy URL or journal file [env LRKV_STORAGE].")
-TrackingOpt = typer.Option(None, "--tracking-uri", help="MLflow tracking URI [env LRKV_TRACKING_URI].")
-WorkspaceOpt = typer.Option(None, "--workspace", help="Folder of the embedded stores [env LRKV_WORKSPACE; ./lrkv-runs].")
+StorageOpt = typer.Option(None, "--storage", help="Optuna storage: SQLAlchemy URL or journal file (env LRKV_STORAGE).")
+TrackingOpt = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (env LRKV_TRACKING_URI).")
+WorkspaceOpt = typer.Option(None, "--workspace",
+                            help="Folder of the embedded stores (env LRKV_WORKSPACE; default ./lrkv-runs).")
 HostOpt = typer.Option("127.0.0.1", help="Interface to bind (local only by default).")
 AddressOpt = typer.Option(None, "--address", envvar="RAY_ADDRESS", help="Ray cluster address; default: a local Ray.")
 
@@ -511,7 +512,7 @@ def _print_recommendation(result, query) -> None:
 def dashboard(workspace: Path | None = WorkspaceOpt, storage: str | None = StorageOpt,
               host: str = HostOpt,
               port: int = typer.Option(8080)):
-    """Start optuna-dashboard on the sweeps' Optuna storage (needs `pip install 'lrkv-sweep[dashboard]'`)."""
+    """Start optuna-dashboard on the sweeps' Optuna storage (needs the package's `dashboard` extra)."""
     try:
         import optuna_dashboard
     except ImportError:

@@ -237,7 +237,7 @@ class SweepSpec(Strict):
     @classmethod
     def _objectives(cls, objectives):
         if "val_bpb" not in objectives or len(objectives) < 2:
-            raise ValueError("val_bpb and at least one cost (kv_cache_bytes, flops_per_token, params)")
+            raise ValueError("val_bpb and at least one cost (kv_cache_bytes, flops_per_token, params, decode_ms)")
         return objectives
 
     @field_validator("baselines")

@@ -21,8 +21,9 @@ merges the splits' online-softmax partials and applies B_v,h once. Three split k
   work per token is repeated for every group, so it pays only at small r, where groups are large: the launcher
   picks it at r ≤ 16 for short contexts with key scales (folded with pipelined head loops is faster over long ones).
 
-Given the keys' cached 1/rms (`k_scale`, a spec's `key_scales`), both kernels scale the logit by it and
-skip the norm's work: the sums of squares (rebuilt) or the norm's two products per head (folded).
+Given the keys' cached 1/rms (`k_scale`, a spec's `key_scales`), every kernel scales the logit by it and
+skips the norm's work: the sums of squares (rebuilt) or the norm's two products per head (folded); grouped
+takes the norm only this way.
 """
 from __future__ import annotations
 
@@ -519,11 +520,12 @@ SHORT_REBUILT = (32, 2, 2, 1, 32, 2)
 # (H200, T = 2K: folded at B = 8 went from 8 to 32 splits and 26–31 % faster; where min_tiles already gave
 # two programs per SM, a tile a split was no faster).
 FILL = 2
-# Folded with cached key scales sums each head's logit terms as a product with a 0/1 matrix up to this rank:
+# Folded with cached key scales sums each head's logit terms as a product with a 0/1 matrix up to this rank
+# (padded to the tensor-core tile, so at least 16):
 # 4–8 % faster at r ≤ 32 on an H200, 9–13 % slower at r ≥ 64, and 14–34 % slower where it also sums the norm.
 SUMS_BY_DOT_MAX_RANK = 32
-# Folded takes p·R_v for the whole group as one product (HEADS_P × the columns it keeps) up to this rank, not a
-# loop over heads: at r = 16 on an H100, 3.5–7 % faster with key scales and 6–10 % without; at r = 32 its
+# Folded takes p·R_v for the whole group as one product (HEADS_P × the columns it keeps) up to this padded rank,
+# not a loop over heads: at r = 16 on an H100, 3.5–7 % faster with key scales and 6–10 % without; at r = 32 its
 # accumulator is too wide (1.39–1.42× slower).
 VALUES_AT_ONCE_MAX_RANK = 16
 METHODS = ("folded", "grouped", "rebuilt")
@@ -571,7 +573,7 @@ def group_size(method: str, n_heads: int, rank: int, heads_per_program: int | No
 
 
 def default_tiling(method: str, rank: int, scaled: bool = False, tokens: int | None = None) -> tuple:
-    """The tiling of TILINGS for a method and rank; over at most SHORT_TOKENS cached tokens (B·T), rebuilt at
+    """The tiling of TILINGS for a method and rank; for a cache of at most SHORT_TOKENS slots (B·T_max), rebuilt at
     r ≤ 32 takes SHORT_REBUILT."""
     if method == "rebuilt" and rank <= 32 and tokens is not None and tokens <= SHORT_TOKENS:
         return SHORT_REBUILT
@@ -590,7 +592,7 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
     lengths (B,): rows at or past a sequence's length are never read. rope_theta None skips RoPE.
     `method` picks the split kernel, one of METHODS (None: `logit_method`); the tiling arguments
     default to `default_tiling`:
-    `splits` fixes the number of sequence chunks (by default: `waves` programs per multiprocessor, so
+    `splits` caps the number of sequence chunks (by default: `waves` programs per multiprocessor, so
     enough loads are in flight, each streaming at least `min_tiles` tiles of `block_t` tokens, unless
     that leaves fewer than FILL programs per multiprocessor);
     `heads_per_program` heads share one program (`group_size`);

@@ -82,6 +82,15 @@ def test_usage_errors_are_one_line_exit_2(args, line, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_help_names_the_environment_variables_of_the_stores(tmp_path):
+    """--help shows where each store comes from when no flag is given (help text is rendered as markup, so
+    text in square brackets would vanish)."""
+    done = lrkv("sweep", "run", "--help", cwd=tmp_path, env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode == 0, done.stderr
+    for name in ("LRKV_STORAGE", "LRKV_TRACKING_URI", "LRKV_WORKSPACE", "./lrkv-runs"):
+        assert name in done.stdout, name
+
+
 def test_bad_yaml_files(tmp_path):
     cases = {"list.yaml": b"- 1\n- 2\n", "binary.yaml": b"\xff\xfe\x00bad", "extra.yaml": b"model: {n_layers: 2, attention: {kind: mha, d_model: 64, n_heads: 4}}\nbogus: 1\n",
              "empty_corpus.yaml": b"model: {n_layers: 1, attention: {kind: mha, d_model: 32, n_heads: 2}}\ndata: {source: empty}\n"}
