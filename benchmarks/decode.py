@@ -196,27 +196,30 @@ def with_defaults(cell: dict, scaled: bool) -> dict:
     return cell
 
 
-def tensor_core_flops(method: str, tokens: int, H: int, dh: int, r: int, scaled: bool = False) -> int:
-    """FLOPs of the split kernel's tensor-core products over `tokens` cached tokens (as the kernels issue
-    them: p's rows padded to 16, one head per program for "rebuilt", all heads in one program for "folded").
-    Multiply-adds per (token, head), folded: [cos|sin]·M_h and K_s·2B_hᵀ (dh·r each), R_k·B_hB_hᵀ (r²),
-    p·R_v,h (16·r; 16·G·r where the group's G heads take it at once), and a share of the group's q·RoPE(K_s)
-    and p·V_s (dh and 16·dh per token);
-    rebuilt: R_k·B_h (dh·r), p·V_s (16·dh), p·R_v,h (16·r). With cached key scales folded skips the norm's
-    two (K_s·2B_hᵀ and R_k·B_hB_hᵀ). grouped (no norm work), per program of G heads and per token:
-    [cos|sin]·M_group (dh·C for C = G·r_p latent columns), the head sums (2·C·16, high and low parts),
-    p·R_v over the group (16·C), q·RoPE(K_s) (16·dh) and p·V_s (16·dh)."""
+def tensor_core_flops(tiling: tuple, tokens: int, H: int, dh: int, r: int, scaled: bool = False) -> int:
+    """FLOPs of a tiling's split-kernel tensor-core products over `tokens` cached tokens, as the kernels issue
+    them: a program holds G heads, and p (and the query columns) are padded to P = dot_tile(G) ≥ 16 rows.
+    Per token and group, every method: q·RoPE(K_s) or q·K (P·dh) and p·V_s (P·dh). Per (token, head), folded:
+    [cos|sin]·M_h (dh·r), the norm's K_s·2B_hᵀ (dh·r) and R_k·B_hB_hᵀ (r²) unless key scales are cached, the
+    head sums as a product (2·r·P, high and low parts) where it takes them so, and p·R_v,h (P·r, or P·r·G'/G
+    for G' = next_power_of_2(G) where the group takes it at once); rebuilt: R_k·B_h (dh·r) and p·R_v,h (P·r).
+    grouped, per token and group of C = G'·r_p latent columns: [cos|sin]·M_group (dh·C), the head sums
+    (2·C·P) and p·R_v over the group (P·C)."""
+    method, heads = tiling[0], group_size(tiling[0], H, r, tiling[-1])
+    pad, wide, r_p = dot_tile(heads), triton.next_power_of_2(heads), dot_tile(r)
+    per_group = 2 * pad * dh  # q against K_s and p·V_s
     if method == "grouped":
-        heads = group_size(method, H, r, None)
-        cols = triton.next_power_of_2(heads) * dot_tile(r)
-        macs = (dh * cols + 48 * cols + 32 * dh) / heads
-    elif method == "folded":  # p·R_v against every head of the group at once at small ranks
-        at_once = dot_tile(r) <= fused_decode.VALUES_AT_ONCE_MAX_RANK
-        values = 16 * r * (dot_tile(group_size(method, H, r, None)) if at_once else 1)
-        macs = (dh + 16 * dh) / H + dh * r + (0 if scaled else dh * r + r * r) + values
+        cols = wide * r_p
+        per_group += dh * cols + 3 * pad * cols
+        per_head = 0
+    elif method == "folded":
+        at_once = heads > 1 and r_p <= fused_decode.VALUES_AT_ONCE_MAX_RANK
+        by_dot = scaled and r_p <= fused_decode.SUMS_BY_DOT_MAX_RANK
+        per_head = (dh * r + (0 if scaled else dh * r + r * r) + (2 * r * pad if by_dot else 0)
+                    + pad * r * (wide / heads if at_once else 1))
     else:
-        macs = dh * r + 16 * dh + 16 * r
-    return int(2 * macs * tokens * H)
+        per_head = dh * r + pad * r
+    return int(2 * (per_group / heads + per_head) * tokens * H)
 
 
 def parse_tiling(text: str) -> tuple:
@@ -250,9 +253,8 @@ def print_table(env: dict, cells: list) -> None:
     for c in cells:
         f = c["fused_ms"]
         by_read = f / c["read_floor_ms"] if f and c.get("read_floor_ms") else float("nan")
-        method = ast.literal_eval(c["default_tiling"])[0]
-        flops = tensor_core_flops(method, c["B"] * c["T"], env["heads"], env["head_dim"], c["r"],
-                                  env["args"].get("key_scales", False))
+        flops = tensor_core_flops(ast.literal_eval(c["default_tiling"]), c["B"] * c["T"], env["heads"],
+                                  env["head_dim"], c["r"], env["args"].get("key_scales", False))
         print(f"{c['B']:>3} {c['T']:>6} {c['r']:>4} {c['floor_ms']:>8.4f} {ms(f):>8} "
               f"{f / c['floor_ms'] if f else float('nan'):>7.3f} {by_read:>6.2f} {ms(c.get('rebuilt_ms')):>8} "
               f"{ms(c.get('folded_ms')):>8} {ms(c.get('grouped_ms')):>8} {ms(c.get('plain_ms')):>8} {c['mha_ms']:>8.4f} {c['gqa4_ms']:>8.4f} "
@@ -272,18 +274,21 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix of the result file name")
     parser.add_argument("--report", type=Path, help="reprint a results file's table with the current defaults")
     parser.add_argument("--candidates", choices=["all", "defaults"], default="all",
-                        help="time every candidate tiling, or only the product's defaults (TILINGS)")
+                        help="time every candidate tiling, or only those the launcher can pick (DEFAULTS)")
     parser.add_argument("--tiling", type=parse_tiling, nargs="+", default=[],
                         help="more candidates, each method,block_t,num_warps,num_stages,min_tiles,waves,heads "
                              "(heads 'None': the method's default group)")
     parser.add_argument("--values-at-once-max-rank", type=int,
-                        help="folded's p·R_v as one product per group up to this rank (default: the product's)")
+                        help="folded's p·R_v as one product per group up to this rank, padded to a power of two "
+                             "of at least 16 (default: the product's)")
     parser.add_argument("--key-scales", action="store_true", help="LRKV caches each key's 1/rms (spec key_scales)")
     parser.add_argument("--out-dir", type=Path, help="also write the JSON result here (after every cell)")
     args = parser.parse_args()
     if args.report:
         result = json.loads(args.report.read_text())
         scaled = result["env"]["args"].get("key_scales", False)
+        if result["env"]["args"].get("values_at_once_max_rank") is not None:  # the run's own kernels
+            fused_decode.VALUES_AT_ONCE_MAX_RANK = result["env"]["args"]["values_at_once_max_rank"]
         print_table(result["env"], [with_defaults(c, scaled) for c in result["cells"]])
         return
     if args.values_at_once_max_rank is not None:

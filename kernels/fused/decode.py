@@ -524,9 +524,10 @@ FILL = 2
 # (padded to the tensor-core tile, so at least 16):
 # 4–8 % faster at r ≤ 32 on an H200, 9–13 % slower at r ≥ 64, and 14–34 % slower where it also sums the norm.
 SUMS_BY_DOT_MAX_RANK = 32
-# Folded takes p·R_v for the whole group as one product (HEADS_P × the columns it keeps) up to this padded rank,
-# not a loop over heads: at r = 16 on an H100, 3.5–7 % faster with key scales and 6–10 % without; at r = 32 its
-# accumulator is too wide (1.39–1.42× slower).
+# Folded takes p·R_v for the whole group as one product, every head's latent side by side, up to this padded
+# rank, not a loop over heads (the same tensor-core work for a power-of-two group: the loop zeroes all rows of p
+# but one). At r = 16 on an H100, 16 heads a program: 3.5–7 % faster with key scales, 6–10 % without; at
+# r = 32 its accumulator is too wide (1.39–1.42× slower).
 VALUES_AT_ONCE_MAX_RANK = 16
 METHODS = ("folded", "grouped", "rebuilt")
 
@@ -547,7 +548,7 @@ def logit_method(batch: int, max_len: int, rank: int, scaled: bool = False) -> s
     faster at r ≤ 16 over 256K tokens, fell behind folded there once folded pipelined its head loops):
     - with cached key scales, folded from 8K tokens at every rank (1.1–1.6× faster than rebuilt on an H100
       down to there, at r = 128 too); below, grouped at r ≤ 16 (7–9 % faster than rebuilt at B = 1, T = 2K
-      and 4K) and keys rebuilt above;
+      and 4K, the shapes measured) and keys rebuilt above;
     - without, folded while its per-head matrices stay small (r ≤ 64) over batches that fill the card
       (B·T ≥ 32K), and from 16K tokens at r ≤ 32, 20–37 % faster there once FILL gave it enough programs;
     - else keys rebuilt."""
@@ -666,7 +667,7 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
             acc_r, *common, split_len, n_splits, H, dh ** -0.5 * LOG2E,
             DOT_FP32=dot_fp32, SUMS_BY_DOT=scaled and meta["R_P"] <= SUMS_BY_DOT_MAX_RANK,
             EXACT_SUMS=dot_fp32 or wide, HEAD_STAGES=head_stages(block_t, scaled),
-            VALUE_COLS=meta["R_P"] * (consts["HEADS_P"] if meta["R_P"] <= VALUES_AT_ONCE_MAX_RANK else 1),
+            VALUE_COLS=meta["R_P"] * (triton.next_power_of_2(heads) if meta["R_P"] <= VALUES_AT_ONCE_MAX_RANK else 1),
             **consts, **norm_consts)
     elif method == "grouped":
         dot_fp32 = interpreted(_split_grouped_kernel) and not wide

@@ -1,10 +1,12 @@
 """The fused LRKV decode kernel (Triton; interpreted on the CPU) against the fp64 reference."""
 import pytest
 import torch
+import triton
 
 from lrkv.kernels import AttentionSpec, build_attention
 from lrkv.kernels.fused import decode as fused_decode
 from lrkv.kernels.fused.decode import SHORT_REBUILT, TILINGS, decode, default_tiling, logit_method, split_count
+from lrkv.kernels.fused.tiles import dot_tile
 from lrkv.kernels.lrkv import attend_compressed, key_scales
 
 THETA = 10000.0
@@ -84,16 +86,46 @@ def test_head_groups_agree(heads_per_program, block_t, r, method):
                                rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("dh,r,H", [(32, 4, 4), (32, 16, 4), (20, 6, 3), (64, 64, 2)])
+def record_launches(monkeypatch, name: str) -> list:
+    """The constants of every launch of the kernel `name` in fused_decode, which still runs."""
+    kernel, calls = getattr(fused_decode, name), []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            def launch(*args, **constants):
+                calls.append(constants)
+                return kernel[grid](*args, **constants)
+            return launch
+
+    monkeypatch.setattr(fused_decode, name, Recorder())
+    return calls
+
+
+@pytest.mark.parametrize("dh,r,H", [(32, 4, 4), (32, 16, 4), (20, 6, 3), (64, 64, 2), (32, 16, 1)])
+@pytest.mark.parametrize("cap", [0, 64])
 @pytest.mark.parametrize("scaled", [False, True])
-def test_folded_values_of_the_whole_group_at_once(monkeypatch, dh, r, H, scaled):
-    """Folded's p·R_v for every head of a group as one product (padded heads and ranks masked) gives the reference."""
-    monkeypatch.setattr(fused_decode, "VALUES_AT_ONCE_MAX_RANK", 64)
+def test_folded_values_of_the_whole_group_at_once(monkeypatch, dh, r, H, cap, scaled):
+    """Folded's p·R_v for every head of a group as one product (padded heads and ranks masked), up to the
+    rank cap and for groups of more than one head, gives the reference; so does the loop over heads."""
+    monkeypatch.setattr(fused_decode, "VALUES_AT_ONCE_MAX_RANK", cap)
+    launches = record_launches(monkeypatch, "_split_folded_kernel")
     q, rows, k_up, v_up, lengths = compressed_cache(3, 50, H, dh, r, [50, 9, 31], seed=r + H)
     k_scale = cached_key_scales(rows, k_up) if scaled else None
     out = run(q, rows, k_up, v_up, lengths, True, THETA, method="folded", block_t=16, splits=2, k_scale=k_scale)
     torch.testing.assert_close(out.double(), reference(q, rows, k_up, v_up, lengths, True, THETA),
                                rtol=1e-4, atol=1e-4)
+    at_once = cap > 0 and H > 1
+    assert launches[0]["VALUE_COLS"] == dot_tile(r) * (triton.next_power_of_2(H) if at_once else 1)
+
+
+def test_short_contexts_launch_the_short_tiling(monkeypatch):
+    """decode() sizes its default tiling by the cache it is given: two heads and one tile per program at 1K slots."""
+    launches = record_launches(monkeypatch, "_split_rebuilt_kernel")
+    q, rows, k_up, v_up, lengths = compressed_cache(1, 64, 4, 32, 16, [64], seed=5)
+    out = run(q, rows, k_up, v_up, lengths, True, THETA)
+    torch.testing.assert_close(out.double(), reference(q, rows, k_up, v_up, lengths, True, THETA),
+                               rtol=1e-4, atol=1e-4)
+    assert (launches[0]["HEADS"], launches[0]["BLOCK_T"]) == (SHORT_REBUILT[-1], SHORT_REBUILT[0])
 
 
 @pytest.mark.parametrize("method", METHODS)
