@@ -29,6 +29,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from . import import_tool, missing_tool
+
 ROOT = Path(__file__).parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
@@ -299,7 +301,7 @@ def run_compose_config(cli, env_file: Path, tmp_path) -> subprocess.CompletedPro
 def test_docker_compose_config_accepts_it(tmp_path, filled_env, example_env):
     cli = compose_cli()
     if cli is None:
-        pytest.skip("no compose CLI (docker compose plugin or docker-compose); the schema and structural checks run")
+        missing_tool("no compose CLI (docker compose plugin or docker-compose); the schema and structural checks run")
     env_file = tmp_path / "env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in filled_env.items()))
     done = run_compose_config(cli, env_file, tmp_path)
@@ -332,8 +334,8 @@ def vendored_compose_schema() -> Path | None:
 def test_compose_spec_schema_accepts_it(compose):
     path = vendored_compose_schema()
     if path is None:
-        pytest.skip("no installed package ships the compose-spec JSON schema; the structural checks run")
-    jsonschema = pytest.importorskip("jsonschema")
+        missing_tool("no installed package ships the compose-spec JSON schema; the structural checks run")
+    jsonschema = import_tool("jsonschema")
     schema = json.loads(path.read_text())
     cls = jsonschema.Draft201909Validator if "2019-09" in schema.get("$schema", "") else \
         jsonschema.validators.validator_for(schema)

@@ -6,7 +6,7 @@ MLflow SQLite store), starts `lrkv ui` on 127.0.0.1, opens the parent run's `par
 and asserts on elements inside the plot (the points of every finished trial), clicks a point and
 checks the link it gives is its child run. The screenshot is kept under `tests/artifacts/`.
 
-It is skipped only where Chromium or Playwright is missing and LRKV_BROWSER_REQUIRED is unset; CI
+It is skipped only where Chromium or Playwright is missing and LRKV_TOOLS_REQUIRED is unset; CI
 (`.ci/run`) installs Chromium and sets it, so there a missing browser fails the test.
 """
 import json
@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 from lrkv.orchestrator.cli import app
 from lrkv.orchestrator.stores import Stores
 
+from .. import import_tool, missing_tool
 from ..orchestrator.test_submit import free_port
 from ..orchestrator.test_sweep import LRKV, write_spec
 from . import sweeps
@@ -34,7 +35,6 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ARTIFACTS = Path(__file__).parents[1] / "artifacts"
-REQUIRED = bool(os.environ.get("LRKV_BROWSER_REQUIRED"))
 
 
 def need_browser():
@@ -48,10 +48,7 @@ def need_browser():
         missing.append("the playwright package (pip install -e '.[test]')")
         sync_playwright = None
     if missing:
-        message = "browser test needs " + " and ".join(missing)
-        if REQUIRED:
-            pytest.fail(message)
-        pytest.skip(message)
+        missing_tool("browser test needs " + " and ".join(missing))
     return sync_playwright
 
 
@@ -157,7 +154,7 @@ def test_pareto_figure_renders_in_the_mlflow_ui(tmp_path):
 
 
 def test_dashboard_serves_the_sweeps_storage(tmp_path):
-    pytest.importorskip("optuna_dashboard")
+    import_tool("optuna_dashboard")
     ws = tmp_path / "ws"
     sweeps.study([sweeps.trial("d64", "mha", 64, 2, 4, 2.0)], name="served",
                  storage=Stores.resolve(ws).optuna_storage())
