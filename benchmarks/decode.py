@@ -214,7 +214,8 @@ def tensor_core_flops(tiling: tuple, tokens: int, H: int, dh: int, r: int, scale
         per_head = 0
     elif method == "folded":
         at_once = heads > 1 and r_p <= fused_decode.VALUES_AT_ONCE_MAX_RANK
-        by_dot = scaled and r_p <= fused_decode.SUMS_BY_DOT_MAX_RANK
+        chunked = fused_decode.logit_cols(heads, r_p, scaled) > r_p
+        by_dot = scaled and (r_p <= fused_decode.SUMS_BY_DOT_MAX_RANK or chunked)
         per_head = (dh * r + (0 if scaled else dh * r + r * r) + (2 * r * pad if by_dot else 0)
                     + pad * r * (wide / heads if at_once else 1))
     else:
@@ -232,6 +233,16 @@ def parse_tiling(text: str) -> tuple:
         return (method, *map(int, numbers[:5]), None if numbers[5] == "None" else int(numbers[5]))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected whole numbers after the method, got {text!r}") from None
+
+
+# Launcher rules a run may set apart from the product's: argument -> constant of the decode module.
+KERNEL_RULES = {"values_at_once_max_rank": "VALUES_AT_ONCE_MAX_RANK", "logit_cols": "LOGIT_COLS"}
+
+
+def use_kernel_rules(args: dict) -> None:
+    for arg, constant in KERNEL_RULES.items():
+        if args.get(arg) is not None:
+            setattr(fused_decode, constant, args[arg])
 
 
 def ms(v: float | None) -> str:
@@ -281,18 +292,19 @@ def main() -> None:
     parser.add_argument("--values-at-once-max-rank", type=int,
                         help="folded's p·R_v as one product per group up to this rank, padded to a power of two "
                              "of at least 16 (default: the product's)")
+    parser.add_argument("--logit-cols", type=int,
+                        help="with key scales, folded's logit product takes as many heads as fill this many "
+                             "columns (0: one head at a time; default: the product's)")
     parser.add_argument("--key-scales", action="store_true", help="LRKV caches each key's 1/rms (spec key_scales)")
     parser.add_argument("--out-dir", type=Path, help="also write the JSON result here (after every cell)")
     args = parser.parse_args()
     if args.report:
         result = json.loads(args.report.read_text())
         scaled = result["env"]["args"].get("key_scales", False)
-        if result["env"]["args"].get("values_at_once_max_rank") is not None:  # the run's own kernels
-            fused_decode.VALUES_AT_ONCE_MAX_RANK = result["env"]["args"]["values_at_once_max_rank"]
+        use_kernel_rules(result["env"]["args"])  # the run's own kernels
         print_table(result["env"], [with_defaults(c, scaled) for c in result["cells"]])
         return
-    if args.values_at_once_max_rank is not None:
-        fused_decode.VALUES_AT_ONCE_MAX_RANK = args.values_at_once_max_rank
+    use_kernel_rules(vars(args))
     device = torch.device("cuda")
     gen = torch.Generator(device=device).manual_seed(0)
     H, dh = args.heads, args.head_dim

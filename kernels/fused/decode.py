@@ -15,7 +15,8 @@ merges the splits' online-softmax partials and applies B_v,h once. Three split k
   where M_h (d_h × r) folds q_h into B_k,h. Every product runs on the tensor cores, the elementwise work
   per (token, head) is O(r), and the O(d_h) work (RoPE of K_shared, ‖K_shared‖²) is done once per token
   for the group. A prepare kernel builds M_h per (sequence, head), 2B_k,hᵀ and B_k,h B_k,hᵀ per head;
-  the split programs stream those from L2 for every tile, which is what costs at large r.
+  the split programs stream those from L2 for every tile, which is what costs at large r. With cached key
+  scales and small r, one product serves the logit terms of a chunk of heads side by side (LOGIT_COLS).
 - "grouped": the folded logit without norm work, for a group of heads whose M_h stay loaded in the program;
   one product per tile serves the group, and per-head row sums are a product with a 0/1 matrix. The O(d_h)
   work per token is repeated for every group, so it pays only at small r, where groups are large: the launcher
@@ -162,7 +163,7 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, KSC, MQ, BT2, GRAM, LENGTHS, INV_FRE
                          BLOCK_T: tl.constexpr, NORM: tl.constexpr, SCALED: tl.constexpr, ROPE: tl.constexpr,
                          DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, EPSILON: tl.constexpr,
                          SUMS_BY_DOT: tl.constexpr, EXACT_SUMS: tl.constexpr, HEAD_STAGES: tl.constexpr,
-                         VALUE_COLS: tl.constexpr):
+                         VALUE_COLS: tl.constexpr, LOGIT_COLS: tl.constexpr):
     # One program streams a chunk of one sequence for a group of HEADS heads. Per-head tensors are
     # (BLOCK_T, HEADS_P) with one column per head, or (HEADS_P, ·) with one row per head.
     b, split, h0, start, end = _program_chunk(LENGTHS, split_len, HEADS)
@@ -195,6 +196,8 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, KSC, MQ, BT2, GRAM, LENGTHS, INV_FRE
     v_ok = (v_head < HEADS) & (v_rank < R)
     acc_r = tl.zeros((HEADS_P, VALUE_COLS), tl.float32)
     mr_ok = d_ok[:, None] & r_ok[None, :]
+    offs_k = tl.arange(0, LOGIT_COLS)  # a chunk's logit columns: head c + k // R_P, rank k % R_P
+    k_head, k_rank = offs_k // R_P, offs_k % R_P
 
     for t0 in range(start, end, BLOCK_T):
         t = t0 + offs_t
@@ -206,7 +209,23 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, KSC, MQ, BT2, GRAM, LENGTHS, INV_FRE
         ks1, ks2 = ks1_raw.to(tl.float32), ks2_raw.to(tl.float32)
         if NORM and not SCALED:
             sq = tl.zeros((BLOCK_T, HEADS_P), tl.float32) + tl.sum(ks1 * ks1 + ks2 * ks2, axis=1)[:, None]
-        if R > 0:  # ranks below 16 ride zero-padded on the tensor cores (the padding adds exact zeros)
+        if R > 0 and LOGIT_COLS > R_P:  # the logit terms of several heads side by side, one product a chunk
+            cos_op = cos_t.to(op)
+            if ROPE:
+                sin_op = sin_t.to(op)
+            for c in tl.range(0, HEADS, LOGIT_COLS // R_P, num_stages=HEAD_STAGES):
+                k_ok = (c + k_head < HEADS) & (k_rank < R)
+                rk = tl.load(RK + b * srk_b + t[:, None] * srk_t + ((h0 + c + k_head) * srk_h + k_rank)[None, :],
+                             mask=t_ok[:, None] & k_ok[None, :], other=0.0)
+                mq = MQ + ((b * n_heads + h0 + c + k_head)[None, :] * 2 * HALF + offs_d[:, None]) * R + k_rank[None, :]
+                mk_ok = d_ok[:, None] & k_ok[None, :]
+                w = _mma(cos_op, tl.load(mq, mask=mk_ok, other=0.0), tl.zeros((BLOCK_T, LOGIT_COLS), tl.float32),
+                         DOT_FP32, PRECISION)
+                if ROPE:
+                    w = _mma(sin_op, tl.load(mq + HALF * R, mask=mk_ok, other=0.0), w, DOT_FP32, PRECISION)
+                to_head = tl.where(k_ok[:, None] & (offs_h[None, :] == c + k_head[:, None]), 1.0, 0.0)
+                s += _head_sums(rk.to(tl.float32) * w, to_head.to(tl.bfloat16), EXACT_SUMS)
+        elif R > 0:  # ranks below 16 ride zero-padded on the tensor cores (the padding adds exact zeros)
             cos_op = cos_t.to(op)
             if ROPE:
                 sin_op = sin_t.to(op)
@@ -506,7 +525,8 @@ def _sm_count(device: torch.device) -> int:
 # Tilings (block_t, num_warps, num_stages, min_tiles, waves, heads_per_program): the fastest of
 # benchmarks/decode.py's candidates on an H100 (benchmarks/NOTES.md). The folded kernel takes wider
 # tiles from r > 32 on, so the per-head matrices it streams are amortised over more tokens; with cached
-# key scales it streams one matrix per head instead of three, and wide tiles pay only from r > 64 (H200).
+# key scales it streams one matrix per head instead of three, and wide tiles pay only from r > 64 (H200),
+# and at r ≤ 16, where a product takes four heads' logit terms (LOGIT_COLS; 11–19 % faster on an H200).
 # "grouped" takes heads_per_program None as: as many heads as fill GROUP_COLS latent columns.
 TILINGS = {"rebuilt": (32, 2, 2, 4, 32, 1), "folded": (64, 4, 3, 4, 8, None), "folded-wide": (128, 8, 3, 2, 8, None),
            "grouped": (64, 4, 3, 2, 8, None)}
@@ -529,6 +549,11 @@ SUMS_BY_DOT_MAX_RANK = 32
 # but one). At r = 16 on an H100, 16 heads a program: 3.5–7 % faster with key scales, 6–10 % without; at
 # r = 32 its accumulator is too wide (1.39–1.42× slower).
 VALUES_AT_ONCE_MAX_RANK = 16
+# With cached key scales, folded takes the logit terms of as many heads as fill this many latent columns in one
+# product a chunk (each head's rank padded to the tensor-core tile), summed per head by a product; where one head
+# fills them, one head at a time. On an H200: r = 32 4–10 % faster (two heads a product), r = 16 11–19 % with
+# 128-token tiles (four heads); 128 columns were slower at every rank.
+LOGIT_COLS = 64
 METHODS = ("folded", "grouped", "rebuilt")
 
 
@@ -541,6 +566,13 @@ def head_stages(block_t: int, scaled: bool) -> int | None:
     if not scaled or block_t > 128:
         return None
     return 4 if block_t <= 64 else 3
+
+
+def logit_cols(heads: int, rank_p: int, scaled: bool) -> int:
+    """Columns of folded's logit product per chunk of heads: as many heads' rank_p as fit LOGIT_COLS (at most the
+    group's, to a power of two), or one head's where the norm is computed per head."""
+    chunk = min(LOGIT_COLS // rank_p, triton.next_power_of_2(heads)) if scaled else 1
+    return rank_p * max(chunk, 1)
 
 
 def logit_method(batch: int, max_len: int, rank: int, scaled: bool = False) -> str:
@@ -578,7 +610,8 @@ def default_tiling(method: str, rank: int, scaled: bool = False, tokens: int | N
     r ≤ 32 takes SHORT_REBUILT."""
     if method == "rebuilt" and rank <= 32 and tokens is not None and tokens <= SHORT_TOKENS:
         return SHORT_REBUILT
-    return TILINGS["folded-wide" if method == "folded" and rank > (64 if scaled else 32) else method]
+    wide = (rank > 64 or rank <= 16) if scaled else rank > 32
+    return TILINGS["folded-wide" if method == "folded" and wide else method]
 
 
 def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k: torch.Tensor,
@@ -668,6 +701,7 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
             DOT_FP32=dot_fp32, SUMS_BY_DOT=scaled and meta["R_P"] <= SUMS_BY_DOT_MAX_RANK,
             EXACT_SUMS=dot_fp32 or wide, HEAD_STAGES=head_stages(block_t, scaled),
             VALUE_COLS=meta["R_P"] * (triton.next_power_of_2(heads) if meta["R_P"] <= VALUES_AT_ONCE_MAX_RANK else 1),
+            LOGIT_COLS=logit_cols(heads, meta["R_P"], scaled),
             **consts, **norm_consts)
     elif method == "grouped":
         dot_fp32 = interpreted(_split_grouped_kernel) and not wide

@@ -118,6 +118,40 @@ def test_folded_values_of_the_whole_group_at_once(monkeypatch, dh, r, H, cap, sc
     assert launches[0]["VALUE_COLS"] == dot_tile(r) * (triton.next_power_of_2(H) if at_once else 1)
 
 
+@pytest.mark.parametrize("dh,r,H", [(32, 16, 4), (32, 4, 6), (20, 6, 3), (32, 32, 4), (32, 16, 1), (64, 64, 2)])
+@pytest.mark.parametrize("cols", [0, 32, 64, 128])
+@pytest.mark.parametrize("rope", [THETA, None])
+def test_folded_logit_of_several_heads_at_once(monkeypatch, dh, r, H, cols, rope):
+    """With cached key scales, folded's logit terms for a chunk of heads side by side in one product (heads past
+    the group and padded ranks masked) give the reference; so does one head at a time (cols 0)."""
+    monkeypatch.setattr(fused_decode, "LOGIT_COLS", cols)
+    launches = record_launches(monkeypatch, "_split_folded_kernel")
+    q, rows, k_up, v_up, lengths = compressed_cache(2, 40, H, dh, r, [40, 13], seed=r + H + cols)
+    out = run(q, rows, k_up, v_up, lengths, True, rope, method="folded", block_t=16, splits=2,
+              k_scale=cached_key_scales(rows, k_up))
+    torch.testing.assert_close(out.double(), reference(q, rows, k_up, v_up, lengths, True, rope),
+                               rtol=1e-4, atol=1e-4)
+    chunk = min(cols // dot_tile(r), triton.next_power_of_2(H))
+    assert launches[0]["LOGIT_COLS"] == dot_tile(r) * max(chunk, 1)
+
+
+def test_folded_takes_wide_tiles_where_its_chunks_hold_four_heads():
+    """With key scales, folded's 128-token tiling at r <= 16 (four heads a logit product) and over r = 64."""
+    assert default_tiling("folded", 16, True) == default_tiling("folded", 128, True) == TILINGS["folded-wide"]
+    assert default_tiling("folded", 64, True) == default_tiling("folded", 32, True) == TILINGS["folded"]
+
+
+def test_folded_logit_chunks_only_with_cached_key_scales(monkeypatch):
+    """Chunks of heads as wide as LOGIT_COLS allows, with key scales only (the norm is computed per head)."""
+    monkeypatch.setattr(fused_decode, "LOGIT_COLS", 64)
+    assert fused_decode.logit_cols(16, 16, True) == 64 and fused_decode.logit_cols(16, 32, True) == 64
+    assert fused_decode.logit_cols(2, 16, True) == 32  # a group of two heads fills two heads' columns
+    assert fused_decode.logit_cols(16, 16, False) == 16
+    assert fused_decode.logit_cols(16, 64, True) == 64 and fused_decode.logit_cols(16, 128, True) == 128
+    monkeypatch.setattr(fused_decode, "LOGIT_COLS", 128)
+    assert fused_decode.logit_cols(16, 64, True) == 128
+
+
 def test_short_contexts_launch_the_short_tiling(monkeypatch):
     """decode() sizes its default tiling by the cache it is given: two heads and one tile per program at 1K slots."""
     launches = record_launches(monkeypatch, "_split_rebuilt_kernel")
@@ -217,7 +251,7 @@ def test_short_contexts_take_more_shorter_programs_at_small_ranks():
     """Up to 2K cached tokens rebuilt at r ≤ 32 runs two heads per program and one tile per split (H100 grid)."""
     assert default_tiling("rebuilt", 16, True, 2048) == default_tiling("rebuilt", 32, False, 1024) == SHORT_REBUILT
     assert default_tiling("rebuilt", 64, True, 2048) == default_tiling("rebuilt", 16, True, 4096) == TILINGS["rebuilt"]
-    assert default_tiling("folded", 16, True, 2048) == TILINGS["folded"]
+    assert default_tiling("folded", 32, True, 2048) == default_tiling("folded", 16, False) == TILINGS["folded"]
     assert default_tiling("rebuilt", 16) == TILINGS["rebuilt"]  # shape unknown
 
 
