@@ -610,7 +610,7 @@ def default_tiling(method: str, rank: int, scaled: bool = False, tokens: int | N
     r ≤ 32 takes SHORT_REBUILT."""
     if method == "rebuilt" and rank <= 32 and tokens is not None and tokens <= SHORT_TOKENS:
         return SHORT_REBUILT
-    wide = (rank > 64 or rank <= 16) if scaled else rank > 32
+    wide = (rank > 64 or 0 < rank <= 16) if scaled else rank > 32  # r ≤ 16: four heads a logit product
     return TILINGS["folded-wide" if method == "folded" and wide else method]
 
 

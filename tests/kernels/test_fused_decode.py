@@ -139,6 +139,7 @@ def test_folded_takes_wide_tiles_where_its_chunks_hold_four_heads():
     """With key scales, folded's 128-token tiling at r <= 16 (four heads a logit product) and over r = 64."""
     assert default_tiling("folded", 16, True) == default_tiling("folded", 128, True) == TILINGS["folded-wide"]
     assert default_tiling("folded", 64, True) == default_tiling("folded", 32, True) == TILINGS["folded"]
+    assert default_tiling("folded", 0, True) == TILINGS["folded"]  # no latent: no logit chunks
 
 
 def test_folded_logit_chunks_only_with_cached_key_scales(monkeypatch):
