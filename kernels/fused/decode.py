@@ -209,10 +209,12 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, KSC, MQ, BT2, GRAM, LENGTHS, INV_FRE
         ks1, ks2 = ks1_raw.to(tl.float32), ks2_raw.to(tl.float32)
         if NORM and not SCALED:
             sq = tl.zeros((BLOCK_T, HEADS_P), tl.float32) + tl.sum(ks1 * ks1 + ks2 * ks2, axis=1)[:, None]
-        if R > 0 and LOGIT_COLS > R_P:  # the logit terms of several heads side by side, one product a chunk
+        if R > 0:  # ranks below 16 ride zero-padded on the tensor cores (the padding adds exact zeros)
             cos_op = cos_t.to(op)
             if ROPE:
                 sin_op = sin_t.to(op)
+        if R > 0 and LOGIT_COLS > R_P:  # the logit terms of several heads side by side, one product a chunk
+            tl.static_assert(SCALED or not NORM, "chunks of heads compute no norm: key scales only")
             for c in tl.range(0, HEADS, LOGIT_COLS // R_P, num_stages=HEAD_STAGES):
                 k_ok = (c + k_head < HEADS) & (k_rank < R)
                 rk = tl.load(RK + b * srk_b + t[:, None] * srk_t + ((h0 + c + k_head) * srk_h + k_rank)[None, :],
@@ -225,10 +227,7 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, KSC, MQ, BT2, GRAM, LENGTHS, INV_FRE
                     w = _mma(sin_op, tl.load(mq + HALF * R, mask=mk_ok, other=0.0), w, DOT_FP32, PRECISION)
                 to_head = tl.where(k_ok[:, None] & (offs_h[None, :] == c + k_head[:, None]), 1.0, 0.0)
                 s += _head_sums(rk.to(tl.float32) * w, to_head.to(tl.bfloat16), EXACT_SUMS)
-        elif R > 0:  # ranks below 16 ride zero-padded on the tensor cores (the padding adds exact zeros)
-            cos_op = cos_t.to(op)
-            if ROPE:
-                sin_op = sin_t.to(op)
+        elif R > 0:  # one head at a time
             for j in tl.range(HEADS, num_stages=HEAD_STAGES):  # the next heads' loads in flight
                 h = h0 + j
                 rk = tl.load(RK + b * srk_b + t[:, None] * srk_t + h * srk_h + offs_r[None, :],
@@ -526,7 +525,7 @@ def _sm_count(device: torch.device) -> int:
 # benchmarks/decode.py's candidates on an H100 (benchmarks/NOTES.md). The folded kernel takes wider
 # tiles from r > 32 on, so the per-head matrices it streams are amortised over more tokens; with cached
 # key scales it streams one matrix per head instead of three, and wide tiles pay only from r > 64 (H200),
-# and at r ≤ 16, where a product takes four heads' logit terms (LOGIT_COLS; 11–19 % faster on an H200).
+# and at r ≤ 16, where a product takes four heads' logit terms (LOGIT_COLS; 5–19 % faster on an H200).
 # "grouped" takes heads_per_program None as: as many heads as fill GROUP_COLS latent columns.
 TILINGS = {"rebuilt": (32, 2, 2, 4, 32, 1), "folded": (64, 4, 3, 4, 8, None), "folded-wide": (128, 8, 3, 2, 8, None),
            "grouped": (64, 4, 3, 2, 8, None)}
@@ -551,7 +550,7 @@ SUMS_BY_DOT_MAX_RANK = 32
 VALUES_AT_ONCE_MAX_RANK = 16
 # With cached key scales, folded takes the logit terms of as many heads as fill this many latent columns in one
 # product a chunk (each head's rank padded to the tensor-core tile), summed per head by a product; where one head
-# fills them, one head at a time. On an H200: r = 32 4–10 % faster (two heads a product), r = 16 11–19 % with
+# fills them, one head at a time. On an H200: r = 32 4–10 % faster (two heads a product), r = 16 5–19 % with
 # 128-token tiles (four heads); 128 columns were slower at every rank.
 LOGIT_COLS = 64
 METHODS = ("folded", "grouped", "rebuilt")
@@ -569,10 +568,10 @@ def head_stages(block_t: int, scaled: bool) -> int | None:
 
 
 def logit_cols(heads: int, rank_p: int, scaled: bool) -> int:
-    """Columns of folded's logit product per chunk of heads: as many heads' rank_p as fit LOGIT_COLS (at most the
-    group's, to a power of two), or one head's where the norm is computed per head."""
+    """Columns of folded's logit product per chunk of heads: as many heads' rank_p as fit LOGIT_COLS, in a power
+    of two no larger than the group's next one, or one head's where the norm is computed per head."""
     chunk = min(LOGIT_COLS // rank_p, triton.next_power_of_2(heads)) if scaled else 1
-    return rank_p * max(chunk, 1)
+    return rank_p << (max(chunk, 1).bit_length() - 1)
 
 
 def logit_method(batch: int, max_len: int, rank: int, scaled: bool = False) -> str:
@@ -610,7 +609,8 @@ def default_tiling(method: str, rank: int, scaled: bool = False, tokens: int | N
     r ≤ 32 takes SHORT_REBUILT."""
     if method == "rebuilt" and rank <= 32 and tokens is not None and tokens <= SHORT_TOKENS:
         return SHORT_REBUILT
-    wide = (rank > 64 or 0 < rank <= 16) if scaled else rank > 32  # r ≤ 16: four heads a logit product
+    # with key scales, wide at r ≤ 16 where a logit product can take four heads (LOGIT_COLS), and over r = 64
+    wide = (rank > 64 or (0 < rank and LOGIT_COLS // dot_tile(rank) >= 4)) if scaled else rank > 32
     return TILINGS["folded-wide" if method == "folded" and wide else method]
 
 

@@ -118,21 +118,24 @@ def test_folded_values_of_the_whole_group_at_once(monkeypatch, dh, r, H, cap, sc
     assert launches[0]["VALUE_COLS"] == dot_tile(r) * (triton.next_power_of_2(H) if at_once else 1)
 
 
-@pytest.mark.parametrize("dh,r,H", [(32, 16, 4), (32, 4, 6), (20, 6, 3), (32, 32, 4), (32, 16, 1), (64, 64, 2)])
-@pytest.mark.parametrize("cols", [0, 32, 64, 128])
+@pytest.mark.parametrize("dh,r,H,group,per_chunk", [
+    (32, 16, 4, None, [1, 2, 4, 4]), (32, 4, 6, None, [1, 2, 4, 8]), (20, 6, 3, None, [1, 2, 4, 4]),
+    (32, 32, 4, None, [1, 1, 2, 4]), (32, 16, 1, None, [1, 1, 1, 1]), (64, 64, 2, None, [1, 1, 1, 2]),
+    (32, 16, 4, 2, [1, 2, 2, 2]), (32, 16, 6, 3, [1, 2, 4, 4])])  # heads a chunk at LOGIT_COLS 0, 32, 64, 128
+@pytest.mark.parametrize("i", range(4))
 @pytest.mark.parametrize("rope", [THETA, None])
-def test_folded_logit_of_several_heads_at_once(monkeypatch, dh, r, H, cols, rope):
+def test_folded_logit_of_several_heads_at_once(monkeypatch, dh, r, H, group, per_chunk, i, rope):
     """With cached key scales, folded's logit terms for a chunk of heads side by side in one product (heads past
-    the group and padded ranks masked) give the reference; so does one head at a time (cols 0)."""
+    the group and padded ranks masked; several groups a sequence) give the reference; so does one head at a time."""
+    cols = [0, 32, 64, 128][i]
     monkeypatch.setattr(fused_decode, "LOGIT_COLS", cols)
     launches = record_launches(monkeypatch, "_split_folded_kernel")
     q, rows, k_up, v_up, lengths = compressed_cache(2, 40, H, dh, r, [40, 13], seed=r + H + cols)
     out = run(q, rows, k_up, v_up, lengths, True, rope, method="folded", block_t=16, splits=2,
-              k_scale=cached_key_scales(rows, k_up))
+              heads_per_program=group, k_scale=cached_key_scales(rows, k_up))
     torch.testing.assert_close(out.double(), reference(q, rows, k_up, v_up, lengths, True, rope),
                                rtol=1e-4, atol=1e-4)
-    chunk = min(cols // dot_tile(r), triton.next_power_of_2(H))
-    assert launches[0]["LOGIT_COLS"] == dot_tile(r) * max(chunk, 1)
+    assert launches[0]["LOGIT_COLS"] == max(16, r) * per_chunk[i]
 
 
 def test_folded_takes_wide_tiles_where_its_chunks_hold_four_heads():
@@ -140,6 +143,13 @@ def test_folded_takes_wide_tiles_where_its_chunks_hold_four_heads():
     assert default_tiling("folded", 16, True) == default_tiling("folded", 128, True) == TILINGS["folded-wide"]
     assert default_tiling("folded", 64, True) == default_tiling("folded", 32, True) == TILINGS["folded"]
     assert default_tiling("folded", 0, True) == TILINGS["folded"]  # no latent: no logit chunks
+
+
+def test_folded_keeps_narrow_tiles_where_no_chunk_holds_four_heads(monkeypatch):
+    monkeypatch.setattr(fused_decode, "LOGIT_COLS", 32)
+    assert default_tiling("folded", 16, True) == TILINGS["folded"]
+    monkeypatch.setattr(fused_decode, "LOGIT_COLS", 0)
+    assert default_tiling("folded", 16, True) == TILINGS["folded"]
 
 
 def test_folded_logit_chunks_only_with_cached_key_scales(monkeypatch):
@@ -151,6 +161,8 @@ def test_folded_logit_chunks_only_with_cached_key_scales(monkeypatch):
     assert fused_decode.logit_cols(16, 64, True) == 64 and fused_decode.logit_cols(16, 128, True) == 128
     monkeypatch.setattr(fused_decode, "LOGIT_COLS", 128)
     assert fused_decode.logit_cols(16, 64, True) == 128
+    monkeypatch.setattr(fused_decode, "LOGIT_COLS", 96)  # chunks of whole powers of two: three heads' room holds two
+    assert fused_decode.logit_cols(16, 32, True) == 64 and fused_decode.logit_cols(16, 16, True) == 64
 
 
 def test_short_contexts_launch_the_short_tiling(monkeypatch):
