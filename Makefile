@@ -19,4 +19,5 @@ quickstart: install
 	$(BIN)/lrkv sweep run sweeps/quickstart.yaml --if-exists resume
 
 test: install
+	bash tests/system.sh
 	$(BIN)/pytest -q

@@ -214,8 +214,7 @@ def tensor_core_flops(tiling: tuple, tokens: int, H: int, dh: int, r: int, scale
         per_head = 0
     elif method == "folded":
         at_once = heads > 1 and r_p <= fused_decode.VALUES_AT_ONCE_MAX_RANK
-        chunked = fused_decode.logit_cols(heads, r_p, scaled) > r_p
-        by_dot = scaled and (r_p <= fused_decode.SUMS_BY_DOT_MAX_RANK or chunked)
+        by_dot = fused_decode.sums_by_dot(heads, r_p, scaled)
         per_head = (dh * r + (0 if scaled else dh * r + r * r) + (2 * r * pad if by_dot else 0)
                     + pad * r * (wide / heads if at_once else 1))
     else:

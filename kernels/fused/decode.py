@@ -213,7 +213,7 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, KSC, MQ, BT2, GRAM, LENGTHS, INV_FRE
             cos_op = cos_t.to(op)
             if ROPE:
                 sin_op = sin_t.to(op)
-        if R > 0 and LOGIT_COLS > R_P:  # the logit terms of several heads side by side, one product a chunk
+        if R > 0 and SUMS_BY_DOT:  # the logit terms of a chunk of heads side by side, summed per head by a product
             tl.static_assert(SCALED or not NORM, "chunks of heads compute no norm: key scales only")
             for c in tl.range(0, HEADS, LOGIT_COLS // R_P, num_stages=HEAD_STAGES):
                 k_ok = (c + k_head < HEADS) & (k_rank < R)
@@ -238,11 +238,7 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, KSC, MQ, BT2, GRAM, LENGTHS, INV_FRE
                 if ROPE:
                     w = _mma(sin_op, tl.load(mq + HALF * R, mask=mr_ok, other=0.0), w, DOT_FP32, PRECISION)
                 rk32 = rk.to(tl.float32)
-                if SUMS_BY_DOT:  # the row sums land in head j's column as a product: no layout change
-                    to_head = tl.where(r_ok[:, None] & (offs_h[None, :] == j), 1.0, 0.0).to(tl.bfloat16)
-                    s += _head_sums(rk32 * w, to_head, EXACT_SUMS)
-                else:
-                    s = tl.where(offs_h[None, :] == j, s + tl.sum(rk32 * w, axis=1)[:, None], s)
+                s = tl.where(offs_h[None, :] == j, s + tl.sum(rk32 * w, axis=1)[:, None], s)
                 if NORM and not SCALED:
                     bt = BT2 + (h * 2 * HALF + offs_d[:, None]) * R + offs_r[None, :]
                     n = _mma(ks1_raw, tl.load(bt, mask=mr_ok, other=0.0), tl.zeros((BLOCK_T, R_P), tl.float32),
@@ -574,6 +570,12 @@ def logit_cols(heads: int, rank_p: int, scaled: bool) -> int:
     return rank_p << (max(chunk, 1).bit_length() - 1)
 
 
+def sums_by_dot(heads: int, rank_p: int, scaled: bool) -> bool:
+    """Whether folded sums each head's logit terms as a product with a 0/1 matrix (in chunks of logit_cols
+    columns) rather than row by row: with key scales, up to SUMS_BY_DOT_MAX_RANK or where a chunk holds two heads."""
+    return scaled and (rank_p <= SUMS_BY_DOT_MAX_RANK or logit_cols(heads, rank_p, scaled) > rank_p)
+
+
 def logit_method(batch: int, max_len: int, rank: int, scaled: bool = False) -> str:
     """The split kernel for a shape, from the H100 and H200 grids in benchmarks/NOTES.md (grouped, once 9–12 %
     faster at r ≤ 16 over 256K tokens, fell behind folded there once folded pipelined its head loops):
@@ -698,7 +700,7 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
         _split_folded_kernel[grid](
             q, k_shared, v_shared, r_k, r_v, scales, mq, bt2, gram, lengths, inv_freq, cos_off, sin_off, m, l, acc_s,
             acc_r, *common, split_len, n_splits, H, dh ** -0.5 * LOG2E,
-            DOT_FP32=dot_fp32, SUMS_BY_DOT=scaled and meta["R_P"] <= SUMS_BY_DOT_MAX_RANK,
+            DOT_FP32=dot_fp32, SUMS_BY_DOT=sums_by_dot(heads, meta["R_P"], scaled),
             EXACT_SUMS=dot_fp32 or wide, HEAD_STAGES=head_stages(block_t, scaled),
             VALUE_COLS=meta["R_P"] * (triton.next_power_of_2(heads) if meta["R_P"] <= VALUES_AT_ONCE_MAX_RANK else 1),
             LOGIT_COLS=logit_cols(heads, meta["R_P"], scaled),

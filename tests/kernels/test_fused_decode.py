@@ -161,6 +161,10 @@ def test_folded_logit_chunks_only_with_cached_key_scales(monkeypatch):
     assert fused_decode.logit_cols(16, 64, True) == 64 and fused_decode.logit_cols(16, 128, True) == 128
     monkeypatch.setattr(fused_decode, "LOGIT_COLS", 128)
     assert fused_decode.logit_cols(16, 64, True) == 128
+    assert fused_decode.sums_by_dot(16, 64, True)  # two heads a chunk: their sums by product
+    assert not fused_decode.sums_by_dot(16, 32, False)
+    monkeypatch.setattr(fused_decode, "LOGIT_COLS", 64)
+    assert fused_decode.sums_by_dot(1, 32, True) and not fused_decode.sums_by_dot(16, 64, True)
     monkeypatch.setattr(fused_decode, "LOGIT_COLS", 96)  # chunks of whole powers of two: three heads' room holds two
     assert fused_decode.logit_cols(16, 32, True) == 64 and fused_decode.logit_cols(16, 16, True) == 64
 
