@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import gc
 import json
 import logging
 import os
@@ -176,7 +177,7 @@ def sweep_submit(spec_file: Path = typer.Argument(..., help="Sweep spec (YAML)."
     from ray.job_submission import JobSubmissionClient
     for logger in [n for n in logging.root.manager.loggerDict if n.startswith("ray")]:
         logging.getLogger(logger).setLevel(logging.WARNING)  # Ray's INFO lines would break the one-line error
-    from lrkv.orchestrator.driver import check_mps
+    from lrkv.orchestrator.mps import check_mps
     spec = load_spec(spec_file)
     check_mps(spec, address)  # the job's driver would refuse it on the head node: refuse it here
     stores = _stores(workspace, storage, tracking_uri, spec)  # resolved here: the job's folder is temporary
@@ -226,7 +227,7 @@ def sweep_resume(name: str, workspace: Path | None = WorkspaceOpt, storage: str 
 def sweep_status(name: str | None = typer.Argument(None), workspace: Path | None = WorkspaceOpt,
                  storage: str | None = StorageOpt, as_json: bool = typer.Option(False, "--json")):
     """Trial counts and the current front of one sweep (or of all, without a name)."""
-    from lrkv.orchestrator.driver import open_study
+    from lrkv.orchestrator.study import open_study
     from lrkv.orchestrator.view import counts_line, front_tables, trial_counts
     stores = _stores(workspace, storage, None)
     names = [name] if name else _study_names(stores)
@@ -248,7 +249,7 @@ def sweep_status(name: str | None = typer.Argument(None), workspace: Path | None
 @user_errors
 def sweep_list(workspace: Path | None = WorkspaceOpt, storage: str | None = StorageOpt):
     """Every sweep in the storage."""
-    from lrkv.orchestrator.driver import open_study
+    from lrkv.orchestrator.study import open_study
     from lrkv.orchestrator.view import trial_counts
     stores = _stores(workspace, storage, None)
     table = Table("sweep", "trials done", "budget", "running", "driver")
@@ -265,7 +266,7 @@ def sweep_list(workspace: Path | None = WorkspaceOpt, storage: str | None = Stor
 @user_errors
 def sweep_cancel(name: str, workspace: Path | None = WorkspaceOpt, storage: str | None = StorageOpt):
     """Ask the sweep's driver to stop: running trials are cancelled and recorded, nothing else starts."""
-    from lrkv.orchestrator.driver import open_study
+    from lrkv.orchestrator.study import open_study
     study = open_study(_stores(workspace, storage, None), name)
     study.set_user_attr("cancel_requested", time.time())
     console.print(f"cancel requested for {name}")
@@ -277,7 +278,7 @@ def sweep_sync(name: str, workspace: Path | None = WorkspaceOpt, storage: str | 
                tracking_uri: str | None = TrackingOpt):
     """Log to MLflow every finished trial it lacks (after a tracking-server outage), from the study."""
     from lrkv.dashboards.report import log_front
-    from lrkv.orchestrator.driver import open_study, study_spec
+    from lrkv.orchestrator.study import open_study, study_spec
     from lrkv.orchestrator.tracking import Tracker
     stores = _stores(workspace, storage, tracking_uri)
     study = open_study(stores, name)
@@ -296,7 +297,7 @@ def pareto(name: str, workspace: Path | None = WorkspaceOpt, storage: str | None
            as_json: bool = typer.Option(False, "--json")):
     """The current Pareto front of a sweep, per model size."""
     from lrkv.dashboards.report import front_table
-    from lrkv.orchestrator.driver import open_study
+    from lrkv.orchestrator.study import open_study
     from lrkv.orchestrator.view import front_tables
     study = open_study(_stores(workspace, storage, None), name)
     if as_json:
@@ -451,7 +452,7 @@ def recommend(
     it says so and names the sweep that would settle it (exit code 3)."""
     from lrkv.dashboards.recommend import Query, points_from_study
     from lrkv.dashboards.recommend import recommend as answer
-    from lrkv.orchestrator.driver import open_study
+    from lrkv.orchestrator.study import open_study
     from lrkv.orchestrator.stores import redact
     try:
         query = Query(d_model, n_layers, n_heads, head_dim, cache_budget, tolerance, against)
@@ -558,6 +559,9 @@ def main() -> None:
     except click_errors.Abort:
         typer.echo("aborted", err=True)
         code = 130
+    # The interpreter's exit collects garbage over every object torch, Ray and MLflow made, several times
+    # over (seconds per command); the process is ending, so those collections are skipped.
+    gc.freeze()
     sys.exit(code if isinstance(code, int) else 0)
 
 

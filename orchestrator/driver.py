@@ -15,8 +15,8 @@ import os
 import random
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import optuna
 import ray
@@ -24,15 +24,15 @@ import sqlalchemy.exc
 from optuna.trial import TrialState
 
 from lrkv.dashboards.report import log_front
-from lrkv.kernels import ConfigError
 from lrkv.workers.config import TrialConfig
 from lrkv.workers.data import load_blocks
 
 from . import search
-from .mps import MpsDaemon, control_path
+from .mps import MpsDaemon, check_mps
 from .remote import ReportBoard, run_trial, run_trial_fresh_worker, warm_worker
-from .spec import OBJECTIVES, SweepSpec, parse_spec
+from .spec import OBJECTIVES, SweepSpec
 from .stores import Stores, redact
+from .study import SweepError, open_study, study_spec
 from .tracking import Tracker
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -47,13 +47,6 @@ SYNC_SECONDS = 15  # how often a driver retries an unreachable MLflow
 MAX_IDLE_PROPOSALS = 64  # consecutive proposals that add nothing new before the space counts as exhausted
 
 
-class SweepError(ConfigError):
-    """A sweep that cannot start as asked (exists already, is running elsewhere, storage unreachable)."""
-
-    def __init__(self, field: str, expected: str, got: object):
-        super().__init__(field, expected, got)
-
-
 @dataclass
 class Running:
     trial: optuna.Trial
@@ -65,15 +58,6 @@ class Running:
     latest: dict = field(default_factory=dict)
 
 
-def open_study(stores: Stores, name: str) -> optuna.Study:
-    if stores.local and not Path(stores.study_url).exists():  # reading creates nothing
-        raise SweepError("name", f"an existing sweep in {redact(stores.study_url)}", name)
-    try:
-        return optuna.load_study(study_name=name, storage=stores.optuna_storage())
-    except KeyError:
-        raise SweepError("name", f"an existing sweep in {redact(stores.study_url)}", name) from None
-
-
 def connect_tracker(stores: Stores, sweep: str) -> Tracker:
     """The sweep's MLflow experiment; a tracking store that cannot be reached at start is bad input."""
     try:
@@ -83,10 +67,6 @@ def connect_tracker(stores: Stores, sweep: str) -> Tracker:
         first = (str(exc).strip().splitlines() or [""])[0][:160]
         raise SweepError("--tracking-uri", "a reachable MLflow tracking store",
                          f"{redact(stores.tracking_uri)} ({type(exc).__name__}: {redact(first)})") from None
-
-
-def study_spec(study: optuna.Study) -> SweepSpec:
-    return parse_spec(study.user_attrs["spec"], source=f"study {study.study_name}")
 
 
 def counted(trial: optuna.trial.FrozenTrial) -> bool:
@@ -122,7 +102,8 @@ class SweepDriver:
         storage = stores.optuna_storage()  # an unreachable database fails here, before anything is written
         stores.prepare()
         # A tracking server must answer before the name is claimed. A local SQLite store that can be
-        # opened sets itself up (schema migrations, up to ~1.5 s) after the claim, while the slots warm.
+        # opened sets itself up (schema migrations, seconds of CPU) after the claim, while Ray starts (mostly
+        # waiting on its processes) and the slots warm.
         tracker = None if stores.local_tracking_usable() else connect_tracker(stores, spec.name)
         try:
             study = optuna.create_study(study_name=spec.name, storage=storage,
@@ -131,11 +112,14 @@ class SweepDriver:
             raise SweepError("name", f"a sweep name not yet in {redact(stores.study_url)} "
                                      f"(resume it with `lrkv sweep resume {spec.name}`)", spec.name) from None
         try:
-            board = start_workers(spec, kw.get("address"))  # only now: a refused sweep starts no Ray
+            with ThreadPoolExecutor(1) as pool:
+                opening = None if tracker else pool.submit(connect_tracker, stores, spec.name)
+                board = start_workers(spec, kw.get("address"))  # only now: a refused sweep starts no Ray
+                tracker = tracker or opening.result()
             study.set_user_attr("spec", spec.model_dump(mode="json", exclude={"storage"}))  # no credentials in it
             study.set_user_attr("digest", spec.digest())
             study.set_user_attr("vocab_size", vocab)
-            driver = cls(study, spec, stores, tracker=tracker or connect_tracker(stores, spec.name), board=board, **kw)
+            driver = cls(study, spec, stores, tracker=tracker, board=board, **kw)
             driver.claim()
             study.set_user_attr("mlflow_parent_run_id", driver.tracker.start_parent(
                 spec.name, spec.model_dump(mode="json", exclude={"storage"}), spec.digest()))
@@ -441,14 +425,6 @@ class SweepDriver:
     def _set_attr(self, number: int, key: str, value) -> None:
         study_id = self.storage.get_study_id_from_name(self.study.study_name)
         self.storage.set_trial_user_attr(self.storage.get_trial_id_from_study_id_trial_number(study_id, number), key, value)
-
-
-def check_mps(spec: SweepSpec, address: str | None) -> None:
-    """`resources.mps` starts a daemon beside a local Ray only: a cluster's nodes run their own."""
-    if spec.resources.mps:
-        if address:
-            raise SweepError("resources.mps", "false on a cluster (start MPS on its nodes)", True)
-        control_path()
 
 
 def connect_ray(address: str | None, without_job_files: bool = False) -> None:

@@ -14,6 +14,9 @@ import tempfile
 
 from lrkv.kernels import ConfigError
 
+from .spec import SweepSpec
+from .study import SweepError
+
 log = logging.getLogger(__name__)
 
 CONTROL = "nvidia-cuda-mps-control"
@@ -26,6 +29,14 @@ def control_path() -> str:
     if control is None:
         raise ConfigError("resources.mps", f"{CONTROL} on PATH (CUDA MPS), or mps: false", "not found")
     return control
+
+
+def check_mps(spec: SweepSpec, address: str | None) -> None:
+    """`resources.mps` starts a daemon beside a local Ray only: a cluster's nodes run their own."""
+    if spec.resources.mps:
+        if address:
+            raise SweepError("resources.mps", "false on a cluster (start MPS on its nodes)", True)
+        control_path()
 
 
 class MpsDaemon:

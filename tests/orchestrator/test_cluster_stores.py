@@ -154,9 +154,15 @@ def test_postgres_restart_mid_sweep(tmp_path, pg_database):
     wait_complete(pg_database, "restart", 1, driver, log)
     version = subprocess.run(["ls", "/etc/postgresql"], capture_output=True, text=True).stdout.split()[0]
     cluster = ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main"]
+    seen = log.read_text().count("retrying")
     subprocess.run([*cluster, "stop"], check=True, timeout=120)
     try:
-        time.sleep(8)  # down long enough for the driver to notice
+        # Down until the driver has failed twice more (a first retry and a longer one): a fixed outage would
+        # leave it waiting out a backoff of up to 8 s once the database is back.
+        deadline = time.time() + 120
+        while log.read_text().count("retrying") < seen + 2:
+            assert time.time() < deadline and driver.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.2)
     finally:
         subprocess.run([*cluster, "start"], check=True, timeout=120)
     assert driver.wait(timeout=600) == 0, log.read_text()[-3000:]

@@ -32,16 +32,22 @@ def spec_for(tmp_path, name, sizes, space=(), **extra):
         "train": {"batch_size": 8, "eval_every": 2, "eval_blocks": 4, **extra.pop("train", {})}, **extra})
 
 
-def run(tmp_path, spec):
-    stores = Stores.resolve(tmp_path / "ws")
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    """One workspace for the module's sweeps, each under its own name, as a user's workspace holds many: its
+    MLflow store is set up (about a second of schema migrations) once."""
+    return Stores.resolve(tmp_path_factory.mktemp("failures") / "ws")
+
+
+def run(stores, spec):
     study = SweepDriver.create(spec, stores).run()
     return study, MlflowClient(stores.tracking_uri)
 
 
-def test_out_of_memory_is_recorded_and_remembered(tmp_path):
+def test_out_of_memory_is_recorded_and_remembered(tmp_path, stores):
     tiny = {"name": "tiny", "d_model": 32, "n_layers": 1, "n_heads": 4}
     huge = {"name": "huge", "d_model": 131072, "n_layers": 1, "n_heads": 1024}  # a 64 GiB weight
-    study, client = run(tmp_path, spec_for(tmp_path, "oom", [tiny, huge]))
+    study, client = run(stores, spec_for(tmp_path, "oom", [tiny, huge]))
     asked = [t for t in study.get_trials() if t.params]
 
     def point(size, frac):
@@ -60,10 +66,10 @@ def test_out_of_memory_is_recorded_and_remembered(tmp_path):
     assert run_.info.status == "FAILED" and run_.data.tags["lrkv.reason"] == "oom"
 
 
-def test_nan_loss_is_recorded_and_the_sweep_finishes(tmp_path):
+def test_nan_loss_is_recorded_and_the_sweep_finishes(tmp_path, stores):
     tiny = {"name": "tiny", "d_model": 32, "n_layers": 1, "n_heads": 4}
     spec = spec_for(tmp_path, "nan", [tiny], train={"lr": 1e30, "grad_clip": 1e30, "warmup_frac": 0.0})
-    study, client = run(tmp_path, spec)
+    study, client = run(stores, spec)
     ran = [t for t in study.get_trials() if t.user_attrs.get("launched")]
     assert len(ran) == 2 and all(t.state == TrialState.FAIL for t in ran)
     assert {t.user_attrs["reason"] for t in ran} == {"nan"}
@@ -72,13 +78,13 @@ def test_nan_loss_is_recorded_and_the_sweep_finishes(tmp_path):
     assert parent.info.status == "FINISHED"
 
 
-def test_grid_runs_every_point_once_then_stops(tmp_path):
+def test_grid_runs_every_point_once_then_stops(tmp_path, stores):
     """The exhaustive grid: every point of the finite space exactly once, then the sweep ends by itself
     (the budget allows more trials than the space has points)."""
     tiny = {"name": "tiny", "d_model": 32, "n_layers": 1, "n_heads": 4}
     spec = spec_for(tmp_path, "grid", [tiny], sampler={"kind": "grid"}, baselines=["mqa"],
                     budget={"tokens_per_trial": 512, "trials": 10, "concurrency": 2})
-    study, _ = run(tmp_path, spec)
+    study, _ = run(stores, spec)
     ran = [t for t in study.get_trials() if t.user_attrs.get("launched")]
     assert sorted(t.user_attrs["label"] for t in ran) == ["lrkv0", "lrkv4", "mqa"]
     assert all(t.state == TrialState.COMPLETE for t in ran)
@@ -87,7 +93,7 @@ def test_grid_runs_every_point_once_then_stops(tmp_path):
 TINY = {"name": "tiny", "d_model": 32, "n_layers": 1, "n_heads": 4}
 
 
-def test_a_trial_beaten_by_a_cheaper_one_is_stopped_and_the_references_never_are(tmp_path):
+def test_a_trial_beaten_by_a_cheaper_one_is_stopped_and_the_references_never_are(tmp_path, stores):
     """Frontier-fair stopping in a real sweep. The references train at the middle of a wide learning-rate
     range; sampled trials far below it barely learn, so a reference that caches no more beats them by
     the margin and they are stopped. Each stop is checked against the recorded curves."""
@@ -97,7 +103,7 @@ def test_a_trial_beaten_by_a_cheaper_one_is_stopped_and_the_references_never_are
                     baselines=["mqa"], sampler={"kind": "random", "seed": 3},
                     pruning={"margin": margin, "grace": 0.25},
                     budget={"tokens_per_trial": 4096, "trials": 11, "concurrency": 1})
-    study, client = run(tmp_path, spec)
+    study, client = run(stores, spec)
     ran = sorted((t for t in study.get_trials() if t.user_attrs.get("launched")), key=lambda t: t.number)
     references = ran[:5]  # launched first
     assert sorted(t.user_attrs["label"] for t in references) == ["lrkv0", "lrkv2", "lrkv4", "lrkv8", "mqa"]
@@ -119,19 +125,19 @@ def test_a_trial_beaten_by_a_cheaper_one_is_stopped_and_the_references_never_are
 
 
 @pytest.mark.parametrize("kind", ["tpe", "nsga2", "gp", "random"])
-def test_every_sampler_runs_a_sweep(tmp_path, kind):
+def test_every_sampler_runs_a_sweep(tmp_path, stores, kind):
     """Past its one start-up trial the sampler proposes from its model; every proposal is a new point."""
     spec = spec_for(tmp_path, kind, [TINY], space={"rank": {"values": list(range(9))}}, anchors=False,
                     sampler={"kind": kind, "seed": 0, "startup_trials": 1},
                     budget={"tokens_per_trial": 512, "trials": 4, "concurrency": 1})
-    study, _ = run(tmp_path, spec)
+    study, _ = run(stores, spec)
     ran = [t for t in study.get_trials() if t.user_attrs.get("launched")]
     assert len(ran) == 4 and all(t.state == TrialState.COMPLETE and len(t.values) == 2 for t in ran)
     assert len({t.params["rank"] for t in ran}) == 4
     assert study.user_attrs["spec"]["sampler"]["kind"] == kind
 
 
-def test_a_trial_that_raises_is_recorded_with_its_error_and_the_sweep_goes_on(tmp_path):
+def test_a_trial_that_raises_is_recorded_with_its_error_and_the_sweep_goes_on(tmp_path, stores):
     """The corpus vanishes after the sweep was accepted: every trial raises in its worker. Each is an Optuna
     FAIL with reason `error` and the exception's first line, and a FAILED MLflow run tagged with the reason;
     the sweep spends its budget and ends."""
@@ -139,7 +145,6 @@ def test_a_trial_that_raises_is_recorded_with_its_error_and_the_sweep_goes_on(tm
     shutil.copytree(CORPUS, corpus)
     spec = spec_for(tmp_path, "vanished", [TINY])
     spec = spec.model_copy(update={"data": {**spec.data, "source": str(corpus)}})
-    stores = Stores.resolve(tmp_path / "ws")
     driver = SweepDriver.create(spec, stores)  # the data is read and packed here
     shutil.rmtree(corpus)
     shutil.rmtree(tmp_path / "cache")

@@ -24,9 +24,14 @@ def fake_gpus(request):
     ray.shutdown()
 
 
-def sweep(tmp_path, name, gpus_per_trial, concurrency, trials=8, mps=False):
-    return SweepDriver.create(sweep_spec(tmp_path, name, gpus_per_trial, concurrency, trials, mps),
-                              Stores.resolve(tmp_path / "ws")).run()
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    """One workspace for the module's sweeps, each under its own name: its MLflow store is set up once."""
+    return Stores.resolve(tmp_path_factory.mktemp("gpus") / "ws")
+
+
+def sweep(tmp_path, stores, name, gpus_per_trial, concurrency, trials=8, mps=False):
+    return SweepDriver.create(sweep_spec(tmp_path, name, gpus_per_trial, concurrency, trials, mps), stores).run()
 
 
 def sweep_spec(tmp_path, name, gpus_per_trial, concurrency, trials=8, mps=False):
@@ -43,14 +48,14 @@ def sweep_spec(tmp_path, name, gpus_per_trial, concurrency, trials=8, mps=False)
 
 
 @pytest.mark.parametrize("fake_gpus", [4], indirect=True)
-def test_whole_gpus_spread_and_never_shared(tmp_path, fake_gpus):
-    items = placements(sweep(tmp_path, "whole", 1, 4))
+def test_whole_gpus_spread_and_never_shared(tmp_path, stores, fake_gpus):
+    items = placements(sweep(tmp_path, stores, "whole", 1, 4))
     assert len(items) == 8
     for p in items:
         assert len(p.gpus) == 1 and p.visible == p.gpus[0]  # the worker sees only its own card
     assert {p.gpus[0] for p in items} == {"0", "1", "2", "3"}  # every GPU got work
     assert shared_cards(items) == []
-    client = MlflowClient(Stores.resolve(tmp_path / "ws").tracking_uri)
+    client = MlflowClient(stores.tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("whole").experiment_id], "tags.`lrkv.role` = 'trial'")
     assert sorted(r.data.tags["lrkv.gpus"] for r in runs) == sorted(p.gpus[0] for p in items)
     start, end = min(p.start for p in items), max(p.end for p in items)
@@ -58,8 +63,8 @@ def test_whole_gpus_spread_and_never_shared(tmp_path, fake_gpus):
 
 
 @pytest.mark.parametrize("fake_gpus", [2], indirect=True)
-def test_fractional_trials_pack_onto_cards(tmp_path, fake_gpus):
-    items = placements(sweep(tmp_path, "packed", 0.5, 4))
+def test_fractional_trials_pack_onto_cards(tmp_path, stores, fake_gpus):
+    items = placements(sweep(tmp_path, stores, "packed", 0.5, 4))
     assert len(items) == 8 and {p.gpus for p in items} == {("0",), ("1",)}
     sharing = []
     for card in {("0",), ("1",)}:  # at most two half-GPU trials on a card at once
@@ -80,7 +85,7 @@ if [ "$command" = get_server_list ]; then echo 4242; fi
 
 
 @pytest.mark.parametrize("fake_gpus", [1], indirect=True)
-def test_mps_daemon_serves_every_trial_and_stops_after_them(tmp_path, fake_gpus, monkeypatch):
+def test_mps_daemon_serves_every_trial_and_stops_after_them(tmp_path, stores, fake_gpus, monkeypatch):
     """resources.mps: the driver starts one daemon before the first trial, every trial's worker is its
     client (it sees the daemon's pipe folder), and the daemon is asked to quit once the sweep is done."""
     folder = tmp_path / "bin"
@@ -89,7 +94,7 @@ def test_mps_daemon_serves_every_trial_and_stops_after_them(tmp_path, fake_gpus,
     control.write_text(FAKE_MPS_CONTROL)
     control.chmod(0o755)
     monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
-    study = sweep(tmp_path, "mps", 0.5, 2, trials=4, mps=True)
+    study = sweep(tmp_path, stores, "mps", 0.5, 2, trials=4, mps=True)
     calls = (folder / "calls.log").read_text().splitlines()
     pipe = calls[0].removeprefix("start ")
     assert pipe and calls == [f"start {pipe}", f"get_server_list {pipe}", f"quit {pipe}"]

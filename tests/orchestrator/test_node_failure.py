@@ -5,6 +5,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -23,7 +24,10 @@ class Cluster:
     def __init__(self, tmp_path: Path):
         self.temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must stay short
         self.port = free_port()
-        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+        # The head declares a node dead after this many failed health checks this far apart: about 3 s for a
+        # killed node, where Ray's default (5 every 3 s) leaves the lost trials waiting 15 s.
+        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+                    "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
         self.logs, self.nodes = tmp_path, []
 
     def start(self, *args: str) -> subprocess.Popen:
@@ -36,8 +40,16 @@ class Cluster:
 
     def head(self) -> None:
         # The head runs no trials (no CPUs): trials can only go to worker nodes.
-        self.start("--head", f"--port={self.port}", "--num-cpus=0", "--include-dashboard=false", "--memory=2000000000")
-        time.sleep(4)
+        head = self.start("--head", f"--port={self.port}", "--num-cpus=0", "--include-dashboard=false",
+                          "--memory=2000000000")
+        deadline = time.time() + 90
+        while True:  # up once its GCS port answers
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                assert time.time() < deadline and head.poll() is None, (self.logs / "node0.log").read_text()[-2000:]
+                time.sleep(0.2)
 
     def worker(self) -> subprocess.Popen:
         return self.start(f"--address=127.0.0.1:{self.port}", "--num-cpus=2", "--memory=4000000000")
@@ -87,8 +99,7 @@ def test_worker_node_killed_mid_trial(tmp_path, cluster):
         assert running, "no trial started"
         killed_at = time.time()
         cluster.kill(node_a)
-        time.sleep(2)
-        cluster.worker()  # a replacement node joins; the lost trials run there
+        cluster.worker()  # a replacement node joins (seconds to start); the lost trials run there
         assert driver.wait(timeout=600) == 0, log.read_text()[-3000:]
     finally:
         if driver.poll() is None:

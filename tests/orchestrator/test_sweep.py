@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import optuna
@@ -43,8 +44,8 @@ def write_spec(path: Path, name: str, tokens: int = 4096, trials: int = 8, **ext
     return path
 
 
-def lrkv(*args, cwd, timeout=600) -> subprocess.CompletedProcess:
-    return subprocess.run([LRKV, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+def lrkv(*args, cwd, env=None, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([LRKV, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def stores(ws: Path) -> Stores:
@@ -143,43 +144,49 @@ def test_quickstart_sweep_end_to_end(tmp_path):
     logged = client.get_run(parents[0].info.run_id).data.metrics
     assert all(logged[f"hypervolume.{size}"] == pytest.approx(entry["hypervolume"]) for size, entry in table.items())
 
-    # The same front from the CLI, as JSON.
-    front = json.loads(lrkv("pareto", "e2e", "--workspace", str(ws), "--json", cwd=tmp_path).stdout)
-    assert {size: sorted(r["number"] for r in entry["front"]) for size, entry in front.items()} == expected
-    status = json.loads(lrkv("sweep", "status", "e2e", "--workspace", str(ws), "--json", cwd=tmp_path).stdout)
-    assert status["e2e"]["counts"].get("running", 0) == 0
-    # The workspace from the environment: the front as tables, every sweep's status and the list of sweeps.
-    env = {**os.environ, "LRKV_WORKSPACE": str(ws)}
-    tables = subprocess.run([LRKV, "pareto", "e2e"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert tables.returncode == 0 and "Pareto front · d64" in tables.stdout
-    every = subprocess.run([LRKV, "sweep", "status", "--json"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                           timeout=600)
-    assert json.loads(every.stdout) == status
-    listing = subprocess.run([LRKV, "sweep", "list"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert re.search(r"e2e\s*│\s*8\s*│\s*8\s*│\s*0\s*│\s*—", listing.stdout), listing.stdout
-    # The stores named by the environment, from another folder: the study (LRKV_STORAGE) and MLflow (LRKV_TRACKING_URI).
+    # What a user runs next. Each reads the stores or changes nothing the others read (sync finds MLflow complete,
+    # a refused sweep records nothing), so they run two at a time, one a core.
+    workspace = {**os.environ, "LRKV_WORKSPACE": str(ws)}
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "LRKV_WORKSPACE"} | {
+    named = {k: v for k, v in os.environ.items() if k != "LRKV_WORKSPACE"} | {
         "LRKV_STORAGE": stores(ws).study_url, "LRKV_TRACKING_URI": stores(ws).tracking_uri}
-    by_env = subprocess.run([LRKV, "pareto", "e2e", "--json"], cwd=elsewhere, env=env, capture_output=True, text=True,
-                            timeout=600)
+    commands = [  # (arguments, folder, environment)
+        (["pareto", "e2e", "--workspace", str(ws), "--json"], tmp_path, None),
+        (["sweep", "status", "e2e", "--workspace", str(ws), "--json"], tmp_path, None),
+        (["pareto", "e2e"], tmp_path, workspace),
+        (["sweep", "status", "--json"], tmp_path, workspace),
+        (["sweep", "list"], tmp_path, workspace),
+        (["pareto", "e2e", "--json"], elsewhere, named),
+        (["sweep", "sync", "e2e"], elsewhere, named),
+        (["sweep", "run", str(spec), "--workspace", str(ws)], tmp_path, None),
+    ]
+    with ThreadPoolExecutor(2) as pool:
+        front, status, tables, every, listing, by_env, synced, again = pool.map(
+            lambda c: lrkv(*c[0], cwd=c[1], env=c[2]), commands)
+    # The same front from the CLI, as JSON.
+    front = json.loads(front.stdout)
+    assert {size: sorted(r["number"] for r in entry["front"]) for size, entry in front.items()} == expected
+    status = json.loads(status.stdout)
+    assert status["e2e"]["counts"].get("running", 0) == 0
+    # The workspace from the environment: the front as tables, every sweep's status and the list of sweeps.
+    assert tables.returncode == 0 and "Pareto front · d64" in tables.stdout
+    assert json.loads(every.stdout) == status
+    assert re.search(r"e2e\s*│\s*8\s*│\s*8\s*│\s*0\s*│\s*—", listing.stdout), listing.stdout
+    # The stores named by the environment, from another folder: the study (LRKV_STORAGE) and MLflow (LRKV_TRACKING_URI).
     assert json.loads(by_env.stdout) == front
-    synced = subprocess.run([LRKV, "sweep", "sync", "e2e"], cwd=elsewhere, env=env, capture_output=True, text=True,
-                            timeout=600)
     assert synced.returncode == 0 and "MLflow holds every finished trial of e2e" in synced.stdout, synced.stderr
     assert not list(elsewhere.iterdir())  # no default workspace was made here
     assert len([r for r in mlflow_runs(ws, "e2e")[1] if r.data.tags.get("lrkv.role") == "trial"]) == len(trials)
 
     # A second sweep of the same name is refused with one line and exit code 2.
-    again = lrkv("sweep", "run", str(spec), "--workspace", str(ws), cwd=tmp_path)
     assert again.returncode == 2 and again.stderr.strip().startswith("error: name: expected a sweep name not yet in")
 
 
 def test_driver_killed_then_resumed_loses_nothing(tmp_path):
     """Kill the driver (SIGKILL, by its pid) mid-sweep; `lrkv sweep resume` finishes the budget without
     re-running a completed trial, fails and re-runs the interrupted ones, and leaves no run RUNNING."""
-    spec = write_spec(tmp_path / "sweep.yaml", "resumable", tokens=49152, trials=5,
+    spec = write_spec(tmp_path / "sweep.yaml", "resumable", tokens=16384, trials=5,
                       pruning={"enabled": False})
     ws = tmp_path / "ws"
     driver = subprocess.Popen([LRKV, "sweep", "run", str(spec), "--workspace", str(ws)], cwd=tmp_path,
@@ -187,7 +194,7 @@ def test_driver_killed_then_resumed_loses_nothing(tmp_path):
     deadline = time.time() + 300
     before = []
     while time.time() < deadline:
-        time.sleep(1)
+        time.sleep(0.25)  # one trial done and another running lasts about two trials: polled several times
         if (ws / "optuna.journal").exists():
             study = load(ws, "resumable")
             before = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
