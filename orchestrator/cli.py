@@ -556,7 +556,7 @@ def main() -> None:
     except click_errors.UsageError as exc:
         typer.echo(usage_error_line(exc), err=True)
         code = 2
-    except click_errors.Abort:
+    except typer.Abort:
         typer.echo("aborted", err=True)
         code = 130
     # The interpreter's exit collects garbage over every object torch, Ray and MLflow made, several times

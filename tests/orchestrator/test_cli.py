@@ -114,3 +114,9 @@ def test_train_from_yaml_with_flag_override_writes_record(tmp_path):
     assert record["config"]["model"]["attention"]["rank"] == 8
     assert record["kv_cache_bytes_per_token"] == 2 * (16 + 2 * 8) * 2
     assert "val bits/byte" in done.stdout
+
+
+def test_output_piped_into_a_reader_that_stops_early_leaves_no_traceback():
+    """`lrkv … | head -2`: the reader closes the pipe mid-output, and the command ends without a traceback."""
+    done = subprocess.run(f"'{LRKV}' --help | head -2", shell=True, capture_output=True, text=True, timeout=120)
+    assert "Usage" in done.stdout and "Traceback" not in done.stderr, done.stderr[-2000:]
