@@ -13,9 +13,10 @@ from __future__ import annotations
 import dataclasses
 import reprlib
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
+if TYPE_CHECKING:  # torch is not imported here: pricing a spec must not cost torch's import
+    import torch
 
 Kind = Literal["mha", "gqa", "mqa", "mla", "lrkv"]
 KINDS: tuple[str, ...] = ("mha", "gqa", "mqa", "mla", "lrkv")
@@ -139,8 +140,9 @@ class AttentionSpec:
             return self.kv_latent_dim + self.rope_dim  # c_kv and the shared RoPE key
         return 2 * self.n_kv_heads * dh
 
-    def kv_cache_bytes_per_token(self, dtype: torch.dtype = torch.bfloat16, n_layers: int = 1) -> int:
-        return n_layers * self.cache_values_per_token() * dtype.itemsize
+    def kv_cache_bytes_per_token(self, dtype: torch.dtype | None = None, n_layers: int = 1) -> int:
+        itemsize = 2 if dtype is None else dtype.itemsize  # bf16 unless told
+        return n_layers * self.cache_values_per_token() * itemsize
 
     def mha_equivalent(self) -> AttentionSpec:
         """The MHA layer of the same width: the reference for cache ratios."""

@@ -120,3 +120,13 @@ def test_output_piped_into_a_reader_that_stops_early_leaves_no_traceback():
     """`lrkv … | head -2`: the reader closes the pipe mid-output, and the command ends without a traceback."""
     done = subprocess.run(f"'{LRKV}' --help | head -2", shell=True, capture_output=True, text=True, timeout=120)
     assert "Usage" in done.stdout and "Traceback" not in done.stderr, done.stderr[-2000:]
+
+
+def test_commands_that_read_a_study_load_neither_torch_ray_nor_mlflow():
+    """status, list, pareto, recommend and cancel only read specs and studies: each of the three costs seconds."""
+    modules = ("lrkv.orchestrator.cli", "lrkv.orchestrator.study", "lrkv.orchestrator.view",
+               "lrkv.dashboards.recommend", "lrkv.dashboards.report")
+    probe = (f"import importlib, sys; [importlib.import_module(m) for m in {modules}]; "
+             "print(sorted(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-2000:]
