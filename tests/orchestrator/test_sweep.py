@@ -224,7 +224,8 @@ def test_driver_killed_then_resumed_loses_nothing(tmp_path):
     assert max(keys.values()) == 1  # nothing ran twice
     _, runs = mlflow_runs(ws, "resumable")
     children = [r for r in runs if r.data.tags.get("lrkv.role") == "trial"]
-    assert not [r for r in runs if r.info.status == "RUNNING"]
+    stuck = [(r.data.tags, sorted(r.data.params)[:4]) for r in runs if r.info.status == "RUNNING"]
+    assert not stuck, f"{stuck}\n{done.stderr[-3000:]}"
     assert len(children) == 5  # re-runs continued their run instead of adding one
 
 
