@@ -239,7 +239,7 @@ def parse_tiling(text: str) -> tuple:
 
 # Launcher rules a run may set apart from the product's: argument -> constant of the decode module.
 KERNEL_RULES = {"values_at_once_max_rank": "VALUES_AT_ONCE_MAX_RANK", "logit_cols": "LOGIT_COLS",
-                "norm_logit_cols": "NORM_LOGIT_COLS", "values_transposed": "VALUES_TRANSPOSED"}
+                "norm_logit_cols": "NORM_LOGIT_COLS"}
 
 
 def use_kernel_rules(args: dict) -> None:
@@ -300,9 +300,6 @@ def main() -> None:
                              "columns (0: one head at a time; default: the product's)")
     parser.add_argument("--norm-logit-cols", type=int,
                         help="the same where folded computes the norm (no key scales)")
-    parser.add_argument("--values-transposed", type=int, choices=[0, 1],
-                        help="1: every split kernel holds its value accumulators transposed, heads as the products' N "
-                             "(default: the product's)")
     parser.add_argument("--key-scales", action="store_true", help="LRKV caches each key's 1/rms (spec key_scales)")
     parser.add_argument("--out-dir", type=Path, help="also write the JSON result here (after every cell)")
     args = parser.parse_args()

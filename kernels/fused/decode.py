@@ -69,9 +69,9 @@ def _rope_rows(INV_FREQ, COS, SIN, offs_t, offs_d, d_ok, HALF: tl.constexpr):
 
 @triton.jit
 def _softmax_values(s, m, l, acc1, acc2, VS, b, t, tile, offs_d, svs_b, svs_t,
-                    HALF: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, VALUES_T: tl.constexpr):
+                    HALF: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
     # One tile's online-softmax step over logits s (BLOCK_T, HEADS_P) and p·V_shared for every head of the
-    # group; returns p in the cache's dtype as _p_times takes it, for the caller's p·R_v,h.
+    # group; returns p as (HEADS_P, BLOCK_T) rows in the cache's dtype, for the caller's p·R_v,h.
     m_new = tl.maximum(m, tl.max(s, axis=0))
     alpha = tl.exp2(m - m_new)
     p = tl.exp2(s - m_new[None, :])
@@ -79,53 +79,10 @@ def _softmax_values(s, m, l, acc1, acc2, VS, b, t, tile, offs_d, svs_b, svs_t,
     vs = VS + b * svs_b + t[:, None] * svs_t + offs_d[None, :]
     v1 = tl.load(vs, mask=tile, other=0.0)
     v2 = tl.load(vs + HALF, mask=tile, other=0.0)
-    pv = p.to(v1.dtype)
-    if not VALUES_T:
-        pv = tl.trans(pv)
-    acc1 = _p_times(pv, v1, _rescale(acc1, alpha, VALUES_T), DOT_FP32, PRECISION, VALUES_T)
-    acc2 = _p_times(pv, v2, _rescale(acc2, alpha, VALUES_T), DOT_FP32, PRECISION, VALUES_T)
+    pv = tl.trans(p).to(v1.dtype)
+    acc1 = _mma(pv, v1, acc1 * alpha[:, None], DOT_FP32, PRECISION)
+    acc2 = _mma(pv, v2, acc2 * alpha[:, None], DOT_FP32, PRECISION)
     return pv, alpha, m_new, l, acc1, acc2
-
-
-@triton.jit
-def _value_acc(HEADS_P: tl.constexpr, N: tl.constexpr, VALUES_T: tl.constexpr):
-    # A value accumulator, one row per head (HEADS_P, N), or held transposed (N, HEADS_P): then the heads are the
-    # products' N, and their M (d_h / 2, or latent columns) can fill the 64 rows Hopper's wgmma needs
-    if VALUES_T:
-        acc = tl.zeros((N, HEADS_P), tl.float32)
-    else:
-        acc = tl.zeros((HEADS_P, N), tl.float32)
-    return acc
-
-
-@triton.jit
-def _rescale(acc, alpha, VALUES_T: tl.constexpr):
-    # each head's share of a value accumulator times its online-softmax correction
-    if VALUES_T:
-        acc = acc * alpha[None, :]
-    else:
-        acc = acc * alpha[:, None]
-    return acc
-
-
-@triton.jit
-def _p_times(pv, x, acc, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, VALUES_T: tl.constexpr):
-    # acc + p·x for p (HEADS_P, BLOCK_T), or acc held transposed and p as (BLOCK_T, HEADS_P): acc + xᵀ·p
-    if VALUES_T:
-        acc = _mma(tl.trans(x), pv, acc, DOT_FP32, PRECISION)
-    else:
-        acc = _mma(pv, x, acc, DOT_FP32, PRECISION)
-    return acc
-
-
-@triton.jit
-def _one_head(pv, j, offs_h, VALUES_T: tl.constexpr):
-    # p with every head's share zeroed but head j's
-    if VALUES_T:
-        pv = tl.where(offs_h[None, :] == j, pv, 0.0)
-    else:
-        pv = tl.where(offs_h[:, None] == j, pv, 0.0)
-    return pv
 
 
 @triton.jit
@@ -153,11 +110,9 @@ def _shared_logits(KS, b, t0, t, tile, offs_d, sks_b, sks_t, inv_freq, cos_off, 
 
 @triton.jit
 def _store_partials(M, L, ACC_S, ACC_R, m, l, acc1, acc2, acc_r, b, n_heads, h0, split, n_splits, offs_h, h_ok,
-                    offs_d, d_ok, rank_cols, acc_r_ok, HALF: tl.constexpr, R: tl.constexpr, VALUES_T: tl.constexpr):
+                    offs_d, d_ok, rank_cols, acc_r_ok, HALF: tl.constexpr, R: tl.constexpr):
     # Partials of head h, split s of sequence b live at row (b·H + h)·n_splits + s; acc_r's column c holds
-    # rank rank_cols[c] of the latent, where acc_r_ok holds (the accumulators transposed back if held so).
-    if VALUES_T:
-        acc1, acc2, acc_r = tl.trans(acc1), tl.trans(acc2), tl.trans(acc_r)
+    # rank rank_cols[c] of the latent, where acc_r_ok holds.
     row = (b * n_heads + h0 + offs_h) * n_splits + split
     tl.store(M + row, m, mask=h_ok)
     tl.store(L + row, l, mask=h_ok)
@@ -209,8 +164,7 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, KSC, MQ, BT2, GRAM, LENGTHS, INV_FRE
                          BLOCK_T: tl.constexpr, NORM: tl.constexpr, SCALED: tl.constexpr, ROPE: tl.constexpr,
                          DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, EPSILON: tl.constexpr,
                          SUMS_BY_DOT: tl.constexpr, EXACT_SUMS: tl.constexpr, HEAD_STAGES: tl.constexpr,
-                         VALUE_COLS: tl.constexpr, LOGIT_COLS: tl.constexpr,
-                         VALUES_T: tl.constexpr):
+                         VALUE_COLS: tl.constexpr, LOGIT_COLS: tl.constexpr):
     # One program streams a chunk of one sequence for a group of HEADS heads. Per-head tensors are
     # (BLOCK_T, HEADS_P) with one column per head, or (HEADS_P, ·) with one row per head.
     b, split, h0, start, end = _program_chunk(LENGTHS, split_len, HEADS)
@@ -234,14 +188,14 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, KSC, MQ, BT2, GRAM, LENGTHS, INV_FRE
 
     m = tl.full((HEADS_P,), float("-inf"), tl.float32)
     l = tl.zeros((HEADS_P,), tl.float32)
-    acc1 = _value_acc(HEADS_P, HALF_P, VALUES_T)  # p·V_shared, first and second half of d_h
-    acc2 = _value_acc(HEADS_P, HALF_P, VALUES_T)
+    acc1 = tl.zeros((HEADS_P, HALF_P), tl.float32)  # p·V_shared, first and second half of d_h
+    acc2 = tl.zeros((HEADS_P, HALF_P), tl.float32)
     # p·R_v,h, one row per head: R_P columns from a loop over heads, or every head's latent side by side
     # (column c: head c // R_P, rank c % R_P) from one product, of which each row keeps its own head's block
     offs_v = tl.arange(0, VALUE_COLS)
     v_head, v_rank = offs_v // R_P, offs_v % R_P
     v_ok = (v_head < HEADS) & (v_rank < R)
-    acc_r = _value_acc(HEADS_P, VALUE_COLS, VALUES_T)
+    acc_r = tl.zeros((HEADS_P, VALUE_COLS), tl.float32)
     mr_ok = d_ok[:, None] & r_ok[None, :]
     offs_k = tl.arange(0, LOGIT_COLS)  # a chunk's logit columns: head c + k // R_P, rank k % R_P
     k_head, k_rank = offs_k // R_P, offs_k % R_P
@@ -312,24 +266,24 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, KSC, MQ, BT2, GRAM, LENGTHS, INV_FRE
         s = tl.where(t_ok[:, None], s * qk_scale, float("-inf"))
 
         pv, alpha, m, l, acc1, acc2 = _softmax_values(s, m, l, acc1, acc2, VS, b, t, tile, offs_d, svs_b, svs_t,
-                                                      HALF, DOT_FP32, PRECISION, VALUES_T)
+                                                      HALF, DOT_FP32, PRECISION)
         if R > 0:
-            acc_r = _rescale(acc_r, alpha, VALUES_T)
+            acc_r = acc_r * alpha[:, None]
             if VALUE_COLS > R_P:
                 rv = tl.load(RV + b * srv_b + t[:, None] * srv_t + ((h0 + v_head) * srv_h + v_rank)[None, :],
                              mask=t_ok[:, None] & v_ok[None, :], other=0.0)
-                acc_r = _p_times(pv, rv, acc_r, DOT_FP32, PRECISION, VALUES_T)
-            else:  # each head's share of p against its own R_v,h (the others zeroed)
+                acc_r = _mma(pv, rv, acc_r, DOT_FP32, PRECISION)
+            else:  # each head's row of p against its own R_v,h (the other rows are zero)
                 for j in tl.range(HEADS, num_stages=HEAD_STAGES):
                     rv = tl.load(RV + b * srv_b + t[:, None] * srv_t + (h0 + j) * srv_h + offs_r[None, :],
                                  mask=t_ok[:, None] & r_ok[None, :], other=0.0)
-                    acc_r = _p_times(_one_head(pv, j, offs_h, VALUES_T), rv, acc_r, DOT_FP32, PRECISION, VALUES_T)
+                    acc_r = _mma(tl.where(offs_h[:, None] == j, pv, 0.0), rv, acc_r, DOT_FP32, PRECISION)
 
     own = h_ok[:, None] & v_ok[None, :]
     if VALUE_COLS > R_P:
         own = own & (offs_h[:, None] == v_head[None, :])
     _store_partials(M, L, ACC_S, ACC_R, m, l, acc1, acc2, acc_r, b, n_heads, h0, split, n_splits, offs_h, h_ok,
-                    offs_d, d_ok, v_rank, own, HALF, R, VALUES_T)
+                    offs_d, d_ok, v_rank, own, HALF, R)
 
 
 @triton.jit
@@ -351,8 +305,7 @@ def _split_grouped_kernel(Q, KS, VS, RK, RV, KSC, MQ, LENGTHS, INV_FREQ, COS, SI
                           HEADS: tl.constexpr, HEADS_P: tl.constexpr, COLS: tl.constexpr,
                           HALF: tl.constexpr, HALF_P: tl.constexpr, R: tl.constexpr, R_P: tl.constexpr,
                           BLOCK_T: tl.constexpr, SCALED: tl.constexpr, ROPE: tl.constexpr,
-                          DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, EXACT_SUMS: tl.constexpr,
-                          VALUES_T: tl.constexpr):
+                          DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, EXACT_SUMS: tl.constexpr):
     # The folded logit for a group of HEADS heads whose latents side by side are COLS columns wide (column c:
     # head c // R_P, rank c % R_P): the group's M_h are loaded once per program and every tile takes one
     # product [cos | sin] (BLOCK_T, d_h) @ M_group (d_h, COLS), with the per-head row sums and p·R_v for
@@ -384,9 +337,9 @@ def _split_grouped_kernel(Q, KS, VS, RK, RV, KSC, MQ, LENGTHS, INV_FREQ, COS, SI
 
     m = tl.full((HEADS_P,), float("-inf"), tl.float32)
     l = tl.zeros((HEADS_P,), tl.float32)
-    acc1 = _value_acc(HEADS_P, HALF_P, VALUES_T)
-    acc2 = _value_acc(HEADS_P, HALF_P, VALUES_T)
-    acc_r = _value_acc(HEADS_P, COLS, VALUES_T)  # row j against every head's R_v; its own block is kept
+    acc1 = tl.zeros((HEADS_P, HALF_P), tl.float32)
+    acc2 = tl.zeros((HEADS_P, HALF_P), tl.float32)
+    acc_r = tl.zeros((HEADS_P, COLS), tl.float32)  # row j against every head's R_v; its own block is kept
 
     for t0 in range(start, end, BLOCK_T):
         t = t0 + offs_t
@@ -408,15 +361,15 @@ def _split_grouped_kernel(Q, KS, VS, RK, RV, KSC, MQ, LENGTHS, INV_FREQ, COS, SI
         s = tl.where(t_ok[:, None], s * qk_scale, float("-inf"))
 
         pv, alpha, m, l, acc1, acc2 = _softmax_values(s, m, l, acc1, acc2, VS, b, t, tile, offs_d, svs_b, svs_t,
-                                                      HALF, DOT_FP32, PRECISION, VALUES_T)
+                                                      HALF, DOT_FP32, PRECISION)
         if R > 0:
             rv = tl.load(RV + b * srv_b + t[:, None] * srv_t + rv_cols[None, :], mask=t_ok[:, None] & c_ok[None, :],
                          other=0.0)
-            acc_r = _p_times(pv, rv, _rescale(acc_r, alpha, VALUES_T), DOT_FP32, PRECISION, VALUES_T)
+            acc_r = _mma(pv, rv, acc_r * alpha[:, None], DOT_FP32, PRECISION)
 
     own = (offs_h[:, None] == col_head[None, :]) & h_ok[:, None] & c_ok[None, :]
     _store_partials(M, L, ACC_S, ACC_R, m, l, acc1, acc2, acc_r, b, n_heads, h0, split, n_splits, offs_h, h_ok,
-                    offs_d, d_ok, col_rank, own, HALF, R, VALUES_T)
+                    offs_d, d_ok, col_rank, own, HALF, R)
 
 
 @triton.jit
@@ -426,8 +379,7 @@ def _split_rebuilt_kernel(Q, KS, VS, RK, RV, KSC, KUP, LENGTHS, INV_FREQ, COS, S
                           HEADS: tl.constexpr, HEADS_P: tl.constexpr,
                           HALF: tl.constexpr, HALF_P: tl.constexpr, R: tl.constexpr, R_P: tl.constexpr,
                           BLOCK_T: tl.constexpr, NORM: tl.constexpr, SCALED: tl.constexpr, ROPE: tl.constexpr,
-                          DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, EPSILON: tl.constexpr,
-                          VALUES_T: tl.constexpr):
+                          DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, EPSILON: tl.constexpr):
     # The key tile is rebuilt per head (R_k tile @ B_k,h on the tensor cores, plus K_shared); RoPE
     # enters as a query rotated per row and the norm as a logit scale: O(d_h) elementwise work per
     # (token, head). The HEADS heads of a group are unrolled and share the K_shared/V_shared tiles.
@@ -447,9 +399,9 @@ def _split_rebuilt_kernel(Q, KS, VS, RK, RV, KSC, KUP, LENGTHS, INV_FREQ, COS, S
     # Online-softmax state per head of the group (rows of padding heads stay finite and unused).
     m = tl.where(h_ok, float("-inf"), 0.0)
     l = tl.zeros((HEADS_P,), tl.float32)
-    acc1 = _value_acc(HEADS_P, HALF_P, VALUES_T)  # p·V_shared, first and second half of d_h
-    acc2 = _value_acc(HEADS_P, HALF_P, VALUES_T)
-    acc_r = _value_acc(HEADS_P, R_P, VALUES_T)  # p·R_v,h
+    acc1 = tl.zeros((HEADS_P, HALF_P), tl.float32)  # p·V_shared, first and second half of d_h
+    acc2 = tl.zeros((HEADS_P, HALF_P), tl.float32)
+    acc_r = tl.zeros((HEADS_P, R_P), tl.float32)    # p·R_v,h
     s_pad = tl.where(h_ok, float("-inf"), 0.0)
 
     for t0 in range(start, end, BLOCK_T):
@@ -497,18 +449,17 @@ def _split_rebuilt_kernel(Q, KS, VS, RK, RV, KSC, KUP, LENGTHS, INV_FREQ, COS, S
             s_all = tl.where(offs_h[None, :] == j, s[:, None], s_all)
 
         pv, alpha, m, l, acc1, acc2 = _softmax_values(s_all, m, l, acc1, acc2, VS, b, t, tile, offs_d, svs_b,
-                                                      svs_t, HALF, DOT_FP32, PRECISION, VALUES_T)
-        if R > 0:  # each head's share of p against its own R_v,h (the others zeroed)
-            acc_r = _rescale(acc_r, alpha, VALUES_T)
+                                                      svs_t, HALF, DOT_FP32, PRECISION)
+        if R > 0:  # each head's row of p against its own R_v,h (the other rows are zero)
+            acc_r = acc_r * alpha[:, None]
             for j in tl.static_range(HEADS):
                 h = h0 + j
                 rv = tl.load(RV + b * srv_b + t[:, None] * srv_t + h * srv_h + offs_r[None, :],
                              mask=t_ok[:, None] & r_ok[None, :], other=0.0)
-                acc_r = _p_times(_one_head(pv, j, offs_h, VALUES_T), rv, acc_r, DOT_FP32, PRECISION, VALUES_T)
+                acc_r = _mma(tl.where(offs_h[:, None] == j, pv, 0.0), rv, acc_r, DOT_FP32, PRECISION)
 
     _store_partials(M, L, ACC_S, ACC_R, m, l, acc1, acc2, acc_r, b, n_heads, h0, split, n_splits, offs_h, h_ok,
-                    offs_d, d_ok, offs_r, h_ok[:, None] & r_ok[None, :], HALF, R,
-                    VALUES_T)
+                    offs_d, d_ok, offs_r, h_ok[:, None] & r_ok[None, :], HALF, R)
 
 
 @triton.jit
@@ -611,10 +562,6 @@ LOGIT_COLS = 64
 # The same, where folded computes each key's norm: the chunk's norm products take 2B_k,hᵀ side by side and
 # B_k,h B_k,hᵀ block-diagonal (0: one head at a time).
 NORM_LOGIT_COLS = 0
-# Every split kernel holds its value accumulators transposed, (d_h / 2 or latent columns, heads), so that the
-# products p·V_shared and p·R_v take the heads as their N and reach Hopper's wgmma (M a multiple of 64), where
-# a row per head (M = 16) leaves them on the older mma (False: a row per head).
-VALUES_TRANSPOSED = False
 METHODS = ("folded", "grouped", "rebuilt")
 
 
@@ -750,8 +697,7 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
               r_v.stride(2), *(k_scale.stride()[:2] if k_scale is not None else (0, 0)))
     scales = r_k if k_scale is None else k_scale  # any tensor stands in for an absent pointer
     consts = dict(HEADS=heads, HEADS_P=dot_tile(heads), BLOCK_T=block_t, SCALED=scaled, ROPE=rope_theta is not None,
-                  PRECISION="ieee" if wide else None, VALUES_T=VALUES_TRANSPOSED, num_warps=num_warps,
-                  num_stages=num_stages, **meta)
+                  PRECISION="ieee" if wide else None, num_warps=num_warps, num_stages=num_stages, **meta)
     norm_consts = dict(NORM=norm, EPSILON=EPS)  # grouped computes no norm
     grid = (n_groups, n_splits, B)
     if method in ("folded", "grouped"):

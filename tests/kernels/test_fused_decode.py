@@ -77,18 +77,13 @@ def test_tilings_agree(block_t, splits, method):
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("heads_per_program,block_t", [(1, 16), (2, 32), (3, 16), (4, 16), (16, 32)])
 @pytest.mark.parametrize("r", [0, 16])
-@pytest.mark.parametrize("transposed", [False, True])
-def test_head_groups_agree(monkeypatch, heads_per_program, block_t, r, method, transposed):
-    """Any number of heads per program (3 rounds down to a divisor of H = 4) gives the reference answer, with
-    the value accumulators a row per head or held transposed."""
-    monkeypatch.setattr(fused_decode, "VALUES_TRANSPOSED", transposed)
-    launches = record_launches(monkeypatch, f"_split_{method}_kernel")
+def test_head_groups_agree(heads_per_program, block_t, r, method):
+    """Any number of heads per program (3 rounds down to a divisor of H = 4) gives the reference answer."""
     q, rows, k_up, v_up, lengths = compressed_cache(2, 40, 4, 32, r, [40, 17], seed=11)
     out = run(q, rows, k_up, v_up, lengths, True, THETA, method=method, block_t=block_t, splits=2,
               heads_per_program=heads_per_program)
     torch.testing.assert_close(out.double(), reference(q, rows, k_up, v_up, lengths, True, THETA),
                                rtol=1e-4, atol=1e-4)
-    assert launches[0]["VALUES_T"] is transposed
 
 
 def record_launches(monkeypatch, name: str) -> list:
@@ -109,13 +104,10 @@ def record_launches(monkeypatch, name: str) -> list:
 @pytest.mark.parametrize("dh,r,H", [(32, 4, 4), (32, 16, 4), (20, 6, 3), (64, 64, 2), (32, 16, 1)])
 @pytest.mark.parametrize("cap", [0, 64])
 @pytest.mark.parametrize("scaled", [False, True])
-@pytest.mark.parametrize("transposed", [False, True])
-def test_folded_values_of_the_whole_group_at_once(monkeypatch, dh, r, H, cap, scaled, transposed):
+def test_folded_values_of_the_whole_group_at_once(monkeypatch, dh, r, H, cap, scaled):
     """Folded's p·R_v for every head of a group as one product (padded heads and ranks masked), up to the
-    rank cap and for groups of more than one head, gives the reference; so does the loop over heads; either
-    with a row per head or held transposed."""
+    rank cap and for groups of more than one head, gives the reference; so does the loop over heads."""
     monkeypatch.setattr(fused_decode, "VALUES_AT_ONCE_MAX_RANK", cap)
-    monkeypatch.setattr(fused_decode, "VALUES_TRANSPOSED", transposed)
     launches = record_launches(monkeypatch, "_split_folded_kernel")
     q, rows, k_up, v_up, lengths = compressed_cache(3, 50, H, dh, r, [50, 9, 31], seed=r + H)
     k_scale = cached_key_scales(rows, k_up) if scaled else None
