@@ -200,9 +200,8 @@ def tensor_core_flops(tiling: tuple, tokens: int, H: int, dh: int, r: int, scale
     """FLOPs of a tiling's split-kernel tensor-core products over `tokens` cached tokens, as the kernels issue
     them: a program holds G heads, and p (and the query columns) are padded to P = dot_tile(G) ≥ 16 rows.
     Per token and group, every method: q·RoPE(K_s) or q·K (P·dh) and p·V_s (P·dh). Per (token, head), folded:
-    [cos|sin]·M_h (dh·r), the norm's K_s·2B_hᵀ (dh·r) and R_k·B_hB_hᵀ (r², or r·C for chunks of C columns)
-    unless key scales are cached, the head sums as a product (2·r·P, high and low parts, for the logit and the
-    norm) where it takes them so, and p·R_v,h (P·r, or P·r·G'/G
+    [cos|sin]·M_h (dh·r), the norm's K_s·2B_hᵀ (dh·r) and R_k·B_hB_hᵀ (r²) unless key scales are cached, the
+    head sums as a product (2·r·P, high and low parts) where it takes them so, and p·R_v,h (P·r, or P·r·G'/G
     for G' = next_power_of_2(G) where the group takes it at once); rebuilt: R_k·B_h (dh·r) and p·R_v,h (P·r).
     grouped, per token and group of C = G'·r_p latent columns: [cos|sin]·M_group (dh·C), the head sums
     (2·C·P) and p·R_v over the group (P·C)."""
@@ -216,9 +215,7 @@ def tensor_core_flops(tiling: tuple, tokens: int, H: int, dh: int, r: int, scale
     elif method == "folded":
         at_once = heads > 1 and r_p <= fused_decode.VALUES_AT_ONCE_MAX_RANK
         by_dot = fused_decode.sums_by_dot(heads, r_p, scaled)
-        cols = fused_decode.logit_cols(heads, r_p, scaled)  # a chunk's B_k B_kᵀ is cols wide and block-diagonal
-        per_head = (dh * r + (0 if scaled else dh * r + r * (cols if by_dot else r))
-                    + (2 * r * pad * (1 if scaled else 2) if by_dot else 0)
+        per_head = (dh * r + (0 if scaled else dh * r + r * r) + (2 * r * pad if by_dot else 0)
                     + pad * r * (wide / heads if at_once else 1))
     else:
         per_head = dh * r + pad * r
@@ -238,8 +235,7 @@ def parse_tiling(text: str) -> tuple:
 
 
 # Launcher rules a run may set apart from the product's: argument -> constant of the decode module.
-KERNEL_RULES = {"values_at_once_max_rank": "VALUES_AT_ONCE_MAX_RANK", "logit_cols": "LOGIT_COLS",
-                "norm_logit_cols": "NORM_LOGIT_COLS"}
+KERNEL_RULES = {"values_at_once_max_rank": "VALUES_AT_ONCE_MAX_RANK", "logit_cols": "LOGIT_COLS"}
 
 
 def use_kernel_rules(args: dict) -> None:
@@ -298,8 +294,6 @@ def main() -> None:
     parser.add_argument("--logit-cols", type=int,
                         help="with key scales, folded's logit product takes as many heads as fill this many "
                              "columns (0: one head at a time; default: the product's)")
-    parser.add_argument("--norm-logit-cols", type=int,
-                        help="the same where folded computes the norm (no key scales)")
     parser.add_argument("--key-scales", action="store_true", help="LRKV caches each key's 1/rms (spec key_scales)")
     parser.add_argument("--out-dir", type=Path, help="also write the JSON result here (after every cell)")
     args = parser.parse_args()

@@ -15,9 +15,8 @@ merges the splits' online-softmax partials and applies B_v,h once. Three split k
   where M_h (d_h × r) folds q_h into B_k,h. Every product runs on the tensor cores, the elementwise work
   per (token, head) is O(r), and the O(d_h) work (RoPE of K_shared, ‖K_shared‖²) is done once per token
   for the group. A prepare kernel builds M_h per (sequence, head), 2B_k,hᵀ and B_k,h B_k,hᵀ per head;
-  the split programs stream those from L2 for every tile, which is what costs at large r. At small r, one
-  product serves the logit terms of a chunk of heads side by side (LOGIT_COLS with cached key scales,
-  NORM_LOGIT_COLS without), and the norm's products too, with B_k,h B_k,hᵀ block-diagonal over the chunk.
+  the split programs stream those from L2 for every tile, which is what costs at large r. With cached key
+  scales and small r, one product serves the logit terms of a chunk of heads side by side (LOGIT_COLS).
 - "grouped": the folded logit without norm work, for a group of heads whose M_h stay loaded in the program;
   one product per tile serves the group, and per-head row sums are a product with a 0/1 matrix. The O(d_h)
   work per token is repeated for every group, so it pays only at small r, where groups are large: the launcher
@@ -215,6 +214,7 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, KSC, MQ, BT2, GRAM, LENGTHS, INV_FRE
             if ROPE:
                 sin_op = sin_t.to(op)
         if R > 0 and SUMS_BY_DOT:  # the logit terms of a chunk of heads side by side, summed per head by a product
+            tl.static_assert(SCALED or not NORM, "chunks of heads compute no norm: key scales only")
             for c in tl.range(0, HEADS, LOGIT_COLS // R_P, num_stages=HEAD_STAGES):
                 k_ok = (c + k_head < HEADS) & (k_rank < R)
                 rk = tl.load(RK + b * srk_b + t[:, None] * srk_t + ((h0 + c + k_head) * srk_h + k_rank)[None, :],
@@ -225,18 +225,8 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, KSC, MQ, BT2, GRAM, LENGTHS, INV_FRE
                          DOT_FP32, PRECISION)
                 if ROPE:
                     w = _mma(sin_op, tl.load(mq + HALF * R, mask=mk_ok, other=0.0), w, DOT_FP32, PRECISION)
-                to_head = tl.where(k_ok[:, None] & (offs_h[None, :] == c + k_head[:, None]), 1.0, 0.0).to(tl.bfloat16)
-                rk32 = rk.to(tl.float32)
-                s += _head_sums(rk32 * w, to_head, EXACT_SUMS)
-                if NORM and not SCALED:  # the chunk's 2B_k,hᵀ side by side, and its B_k,h B_k,hᵀ block-diagonal
-                    bt = BT2 + ((h0 + c + k_head)[None, :] * 2 * HALF + offs_d[:, None]) * R + k_rank[None, :]
-                    n = _mma(ks1_raw, tl.load(bt, mask=mk_ok, other=0.0), tl.zeros((BLOCK_T, LOGIT_COLS), tl.float32),
-                             DOT_FP32, PRECISION)
-                    n = _mma(ks2_raw, tl.load(bt + HALF * R, mask=mk_ok, other=0.0), n, DOT_FP32, PRECISION)
-                    same = k_ok[:, None] & k_ok[None, :] & (k_head[:, None] == k_head[None, :])
-                    gram = tl.load(GRAM + ((h0 + c + k_head[:, None]) * R + k_rank[:, None]) * R + k_rank[None, :],
-                                   mask=same, other=0.0)
-                    sq += _head_sums(rk32 * _mma(rk, gram, n, DOT_FP32, PRECISION), to_head, EXACT_SUMS)
+                to_head = tl.where(k_ok[:, None] & (offs_h[None, :] == c + k_head[:, None]), 1.0, 0.0)
+                s += _head_sums(rk.to(tl.float32) * w, to_head.to(tl.bfloat16), EXACT_SUMS)
         elif R > 0:  # one head at a time
             for j in tl.range(HEADS, num_stages=HEAD_STAGES):  # the next heads' loads in flight
                 h = h0 + j
@@ -559,9 +549,6 @@ VALUES_AT_ONCE_MAX_RANK = 16
 # fills them, one head at a time. On an H200: r = 32 4–10 % faster (two heads a product), r = 16 5–19 % with
 # 128-token tiles (four heads); 128 columns were slower at every rank.
 LOGIT_COLS = 64
-# The same, where folded computes each key's norm: the chunk's norm products take 2B_k,hᵀ side by side and
-# B_k,h B_k,hᵀ block-diagonal (0: one head at a time).
-NORM_LOGIT_COLS = 0
 METHODS = ("folded", "grouped", "rebuilt")
 
 
@@ -577,17 +564,16 @@ def head_stages(block_t: int, scaled: bool) -> int | None:
 
 
 def logit_cols(heads: int, rank_p: int, scaled: bool) -> int:
-    """Columns of folded's logit product per chunk of heads: as many heads' rank_p as fit LOGIT_COLS (with key
-    scales) or NORM_LOGIT_COLS, in a power of two no larger than the group's next one, and at least one head's."""
-    chunk = min((LOGIT_COLS if scaled else NORM_LOGIT_COLS) // rank_p, triton.next_power_of_2(heads))
+    """Columns of folded's logit product per chunk of heads: as many heads' rank_p as fit LOGIT_COLS, in a power
+    of two no larger than the group's next one, or one head's where the norm is computed per head."""
+    chunk = min(LOGIT_COLS // rank_p, triton.next_power_of_2(heads)) if scaled else 1
     return rank_p << (max(chunk, 1).bit_length() - 1)
 
 
 def sums_by_dot(heads: int, rank_p: int, scaled: bool) -> bool:
     """Whether folded sums each head's logit terms as a product with a 0/1 matrix (in chunks of logit_cols
-    columns) rather than row by row: where a chunk holds two heads, and with key scales up to
-    SUMS_BY_DOT_MAX_RANK."""
-    return logit_cols(heads, rank_p, scaled) > rank_p or (scaled and rank_p <= SUMS_BY_DOT_MAX_RANK)
+    columns) rather than row by row: with key scales, up to SUMS_BY_DOT_MAX_RANK or where a chunk holds two heads."""
+    return scaled and (rank_p <= SUMS_BY_DOT_MAX_RANK or logit_cols(heads, rank_p, scaled) > rank_p)
 
 
 def logit_method(batch: int, max_len: int, rank: int, scaled: bool = False) -> str:

@@ -123,19 +123,17 @@ def test_folded_values_of_the_whole_group_at_once(monkeypatch, dh, r, H, cap, sc
     (32, 32, 4, None, [1, 1, 2, 4]), (32, 16, 1, None, [1, 1, 1, 1]), (64, 64, 2, None, [1, 1, 1, 2]),
     (32, 16, 4, 2, [1, 2, 2, 2]), (32, 16, 6, 3, [1, 2, 4, 4])])  # heads a chunk at LOGIT_COLS 0, 32, 64, 128
 @pytest.mark.parametrize("i", range(4))
-@pytest.mark.parametrize("keys,rope", [("scales", THETA), ("scales", None), ("norm", THETA), ("no-norm", None)])
-def test_folded_logit_of_several_heads_at_once(monkeypatch, dh, r, H, group, per_chunk, i, keys, rope):
-    """Folded's logit terms for a chunk of heads side by side in one product (heads past the group and padded
-    ranks masked; several groups a sequence) give the reference, with cached key scales, with the norm computed
-    (its products a chunk at once, B_k B_kᵀ block-diagonal) and without a norm; so does one head at a time."""
+@pytest.mark.parametrize("rope", [THETA, None])
+def test_folded_logit_of_several_heads_at_once(monkeypatch, dh, r, H, group, per_chunk, i, rope):
+    """With cached key scales, folded's logit terms for a chunk of heads side by side in one product (heads past
+    the group and padded ranks masked; several groups a sequence) give the reference; so does one head at a time."""
     cols = [0, 32, 64, 128][i]
-    monkeypatch.setattr(fused_decode, "LOGIT_COLS" if keys == "scales" else "NORM_LOGIT_COLS", cols)
+    monkeypatch.setattr(fused_decode, "LOGIT_COLS", cols)
     launches = record_launches(monkeypatch, "_split_folded_kernel")
     q, rows, k_up, v_up, lengths = compressed_cache(2, 40, H, dh, r, [40, 13], seed=r + H + cols)
-    norm = keys != "no-norm"
-    out = run(q, rows, k_up, v_up, lengths, norm, rope, method="folded", block_t=16, splits=2,
-              heads_per_program=group, k_scale=cached_key_scales(rows, k_up) if keys == "scales" else None)
-    torch.testing.assert_close(out.double(), reference(q, rows, k_up, v_up, lengths, norm, rope),
+    out = run(q, rows, k_up, v_up, lengths, True, rope, method="folded", block_t=16, splits=2,
+              heads_per_program=group, k_scale=cached_key_scales(rows, k_up))
+    torch.testing.assert_close(out.double(), reference(q, rows, k_up, v_up, lengths, True, rope),
                                rtol=1e-4, atol=1e-4)
     assert launches[0]["LOGIT_COLS"] == max(16, r) * per_chunk[i]
 
@@ -154,22 +152,17 @@ def test_folded_keeps_narrow_tiles_where_no_chunk_holds_four_heads(monkeypatch):
     assert default_tiling("folded", 16, True) == TILINGS["folded"]
 
 
-def test_folded_logit_chunks_as_wide_as_their_rule_allows(monkeypatch):
-    """Chunks of heads as wide as LOGIT_COLS allows with key scales, and NORM_LOGIT_COLS where the norm is
-    computed."""
+def test_folded_logit_chunks_only_with_cached_key_scales(monkeypatch):
+    """Chunks of heads as wide as LOGIT_COLS allows, with key scales only (the norm is computed per head)."""
     monkeypatch.setattr(fused_decode, "LOGIT_COLS", 64)
-    monkeypatch.setattr(fused_decode, "NORM_LOGIT_COLS", 0)
     assert fused_decode.logit_cols(16, 16, True) == 64 and fused_decode.logit_cols(16, 32, True) == 64
     assert fused_decode.logit_cols(2, 16, True) == 32  # a group of two heads fills two heads' columns
-    assert fused_decode.logit_cols(16, 16, False) == 16 and not fused_decode.sums_by_dot(16, 16, False)
-    monkeypatch.setattr(fused_decode, "NORM_LOGIT_COLS", 64)
-    assert fused_decode.logit_cols(16, 16, False) == 64 and fused_decode.sums_by_dot(16, 16, False)
-    assert fused_decode.logit_cols(16, 64, False) == 64 and not fused_decode.sums_by_dot(16, 64, False)
+    assert fused_decode.logit_cols(16, 16, False) == 16
     assert fused_decode.logit_cols(16, 64, True) == 64 and fused_decode.logit_cols(16, 128, True) == 128
     monkeypatch.setattr(fused_decode, "LOGIT_COLS", 128)
     assert fused_decode.logit_cols(16, 64, True) == 128
     assert fused_decode.sums_by_dot(16, 64, True)  # two heads a chunk: their sums by product
-    assert fused_decode.sums_by_dot(16, 32, False)  # with NORM_LOGIT_COLS 64: two heads a chunk
+    assert not fused_decode.sums_by_dot(16, 32, False)
     monkeypatch.setattr(fused_decode, "LOGIT_COLS", 64)
     assert fused_decode.sums_by_dot(1, 32, True) and not fused_decode.sums_by_dot(16, 64, True)
     monkeypatch.setattr(fused_decode, "LOGIT_COLS", 96)  # chunks of whole powers of two: three heads' room holds two
