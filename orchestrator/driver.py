@@ -319,8 +319,10 @@ class SweepDriver:
 
     def _start(self, trial: optuna.Trial, params: dict, key: str, config: TrialConfig, costs: dict) -> None:
         point = hashlib.sha1(key.encode()).hexdigest()[:16]
-        for name, value in {"launched": True, "costs": costs, "point": point,
-                            "label": config.model.attention.label, "config": config.to_dict()}.items():
+        # One write per attribute, `launched` last: a driver stopped between them leaves a trial that reads as
+        # never launched, not one that a resume and the MLflow sync find launched without its point or config.
+        for name, value in {"costs": costs, "point": point, "label": config.model.attention.label,
+                            "config": config.to_dict(), "launched": True}.items():
             trial.set_user_attr(name, value)
         # References (baselines, anchors) always finish: every front and recommendation compares to them.
         reference = key in {search.point_key(p) for p in search.references(self.spec)}

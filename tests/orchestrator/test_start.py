@@ -11,6 +11,7 @@ import optuna
 import pytest
 import ray
 
+from lrkv.orchestrator import search
 from lrkv.orchestrator.driver import SweepDriver, SweepError
 from lrkv.orchestrator.spec import parse_spec
 from lrkv.orchestrator.stores import Stores
@@ -89,3 +90,33 @@ def test_an_accepted_sweep_warms_a_worker_per_slot(tmp_path, no_ray):
     driver = SweepDriver.create(parse_spec(raw_spec(tmp_path)), Stores.resolve(tmp_path / "ws"))
     assert ray.is_initialized() and ray.get(driver.board.drain.remote()) == []
     assert ray.get([imported.options(num_cpus=1).remote() for _ in range(2)]) == [True, True]
+
+
+class Stopped(Exception):
+    """The driver's process ending between two writes to the study."""
+
+
+@pytest.mark.parametrize("writes", range(6))
+def test_a_driver_stopped_while_recording_a_launch_leaves_a_whole_launch_or_none(tmp_path, monkeypatch, writes):
+    """A trial's launch is several writes to the study. Stopped after any number of them, the trial reads as never
+    launched, or as launched with everything `sweep resume` and the MLflow sync read (its point, label, config)."""
+    spec = parse_spec(raw_spec(tmp_path))
+    study = optuna.create_study(directions=spec.directions)
+    trial = study.ask()
+    params = search.suggest(trial, spec)
+    config = search.trial_config(spec, params)
+    done, write = [], trial.set_user_attr
+
+    def write_or_stop(name, value):
+        if len(done) == writes:
+            raise Stopped
+        done.append(name)
+        write(name, value)
+
+    monkeypatch.setattr(trial, "set_user_attr", write_or_stop)
+    driver = type("Stub", (), {"spec": spec, "board": None})()  # no board: past the writes, the launch stops
+    with pytest.raises((Stopped, AttributeError)):
+        SweepDriver._start(driver, trial, params, search.point_key(params), config, search.costs(spec, config, 256))
+    attrs = study.trials[0].user_attrs
+    assert not attrs.get("launched") or {"point", "label", "config", "costs"} <= set(attrs), sorted(attrs)
+    assert writes < 5 or attrs.get("launched")  # every write made: launched
