@@ -34,5 +34,4 @@ def build_attention(spec: AttentionSpec) -> Attention:
     return __getattr__(_MODULES[spec.kind])(spec)
 
 
-__all__ = ["KINDS", "Attention", "AttentionSpec", "ConfigError", "DecodeCache", "GroupedQueryAttention", "KVCache",
-           "LRKVCache", "LatentCache", "LowRankKVAttention", "MultiHeadLatentAttention", "build_attention"]
+__all__ = ["KINDS", "AttentionSpec", "ConfigError", "build_attention", *_LAZY]

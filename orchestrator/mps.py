@@ -11,11 +11,14 @@ import os
 import shutil
 import subprocess
 import tempfile
+from typing import TYPE_CHECKING
 
 from lrkv.kernels import ConfigError
 
-from .spec import SweepSpec
 from .study import SweepError
+
+if TYPE_CHECKING:
+    from .spec import SweepSpec
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,6 @@ if TYPE_CHECKING:
 class SweepError(ConfigError):
     """A sweep that cannot start as asked (exists already, is running elsewhere, storage unreachable)."""
 
-    def __init__(self, field: str, expected: str, got: object):
-        super().__init__(field, expected, got)
-
 
 def open_study(stores: Stores, name: str) -> optuna.Study:
     if stores.local and not Path(stores.study_url).exists():  # reading creates nothing

@@ -1,5 +1,5 @@
-"""Real services for the cluster tests: a fresh PostgreSQL database per test (this machine runs
-PostgreSQL on 127.0.0.1:5432) and an `mlflow server` process."""
+"""Real services for the orchestrator tests: a workspace per test module, a fresh PostgreSQL database per test
+(this machine runs PostgreSQL on 127.0.0.1:5432) and an `mlflow server` process."""
 import contextlib
 import os
 import signal
@@ -13,10 +13,19 @@ from pathlib import Path
 import pytest
 import sqlalchemy
 
+from lrkv.orchestrator.stores import Stores
+
 from .test_submit import free_port
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 PASSWORD = "s3cret-Pa55"  # trust auth ignores it; the tests check it never leaks
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    """One workspace for a test module's sweeps, each under its own name, as a user's workspace holds many: its
+    MLflow store is set up (about a second of schema migrations) once."""
+    return Stores.resolve(tmp_path_factory.mktemp("workspace") / "ws")
 
 
 @contextlib.contextmanager

@@ -11,7 +11,6 @@ from optuna.trial import TrialState
 
 from lrkv.orchestrator.driver import SweepDriver
 from lrkv.orchestrator.spec import parse_spec
-from lrkv.orchestrator.stores import Stores
 
 from ..workers.conftest import CORPUS
 
@@ -30,13 +29,6 @@ def spec_for(tmp_path, name, sizes, space=(), **extra):
         "budget": extra.pop("budget", {"tokens_per_trial": 1024, "trials": 4, "concurrency": 1}),
         "data": {"source": str(CORPUS), "seq_len": 32, "cache_dir": str(tmp_path / "cache")},
         "train": {"batch_size": 8, "eval_every": 2, "eval_blocks": 4, **extra.pop("train", {})}, **extra})
-
-
-@pytest.fixture(scope="module")
-def stores(tmp_path_factory):
-    """One workspace for the module's sweeps, each under its own name, as a user's workspace holds many: its
-    MLflow store is set up (about a second of schema migrations) once."""
-    return Stores.resolve(tmp_path_factory.mktemp("failures") / "ws")
 
 
 def run(stores, spec):

@@ -24,12 +24,6 @@ def fake_gpus(request):
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def stores(tmp_path_factory):
-    """One workspace for the module's sweeps, each under its own name: its MLflow store is set up once."""
-    return Stores.resolve(tmp_path_factory.mktemp("gpus") / "ws")
-
-
 def sweep(tmp_path, stores, name, gpus_per_trial, concurrency, trials=8, mps=False):
     return SweepDriver.create(sweep_spec(tmp_path, name, gpus_per_trial, concurrency, trials, mps), stores).run()
 
