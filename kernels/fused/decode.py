@@ -67,21 +67,37 @@ def _rope_rows(INV_FREQ, COS, SIN, offs_t, offs_d, d_ok, HALF: tl.constexpr):
 
 
 @triton.jit
-def _softmax_values(s, m, l, acc1, acc2, VS, b, t, tile, offs_d, svs_b, svs_t,
-                    HALF: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
-    # One tile's online-softmax step over logits s (BLOCK_T, HEADS_P) and p·V_shared for every head of the
-    # group; returns p as (HEADS_P, BLOCK_T) rows in the cache's dtype, for the caller's p·R_v,h.
+def _value_rows(VS, b, t, tile, offs_d, svs_b, svs_t, HALF: tl.constexpr):
+    # A tile's V_shared rows, first and second half of d_h (zero past the chunk's end)
+    vs = VS + b * svs_b + t[:, None] * svs_t + offs_d[None, :]
+    return tl.load(vs, mask=tile, other=0.0), tl.load(vs + HALF, mask=tile, other=0.0)
+
+
+@triton.jit
+def _key_scales(KSC, b, t, t_ok, h0, offs_h, h_ok, ssc_b, ssc_t):
+    # A tile's cached 1/rms of each key, (BLOCK_T, HEADS_P)
+    return tl.load(KSC + b * ssc_b + t[:, None] * ssc_t + (h0 + offs_h)[None, :],
+                   mask=t_ok[:, None] & h_ok[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _online_softmax(s, m, l):
+    # One tile's online-softmax step over logits s (BLOCK_T, HEADS_P): p, the factor alpha that rescales the
+    # earlier partials, and the new running max and sum per head
     m_new = tl.maximum(m, tl.max(s, axis=0))
     alpha = tl.exp2(m - m_new)
     p = tl.exp2(s - m_new[None, :])
-    l = l * alpha + tl.sum(p, axis=0)
-    vs = VS + b * svs_b + t[:, None] * svs_t + offs_d[None, :]
-    v1 = tl.load(vs, mask=tile, other=0.0)
-    v2 = tl.load(vs + HALF, mask=tile, other=0.0)
+    return p, alpha, m_new, l * alpha + tl.sum(p, axis=0)
+
+
+@triton.jit
+def _shared_values(p, alpha, acc1, acc2, v1, v2, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
+    # p·V_shared for every head of the group (V_shared's rows v1, v2); returns p as (HEADS_P, BLOCK_T) rows
+    # in the cache's dtype, for the caller's p·R_v,h.
     pv = tl.trans(p).to(v1.dtype)
     acc1 = _mma(pv, v1, acc1 * alpha[:, None], DOT_FP32, PRECISION)
     acc2 = _mma(pv, v2, acc2 * alpha[:, None], DOT_FP32, PRECISION)
-    return pv, alpha, m_new, l, acc1, acc2
+    return pv, acc1, acc2
 
 
 @triton.jit
@@ -163,7 +179,7 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, KSC, MQ, BT2, GRAM, LENGTHS, INV_FRE
                          BLOCK_T: tl.constexpr, NORM: tl.constexpr, SCALED: tl.constexpr, ROPE: tl.constexpr,
                          DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, EPSILON: tl.constexpr,
                          SUMS_BY_DOT: tl.constexpr, EXACT_SUMS: tl.constexpr, HEAD_STAGES: tl.constexpr,
-                         VALUE_COLS: tl.constexpr, LOGIT_COLS: tl.constexpr):
+                         VALUE_COLS: tl.constexpr, LOGIT_COLS: tl.constexpr, EARLY_LOADS: tl.constexpr):
     # One program streams a chunk of one sequence for a group of HEADS heads. Per-head tensors are
     # (BLOCK_T, HEADS_P) with one column per head, or (HEADS_P, ·) with one row per head.
     b, split, h0, start, end = _program_chunk(LENGTHS, split_len, HEADS)
@@ -207,6 +223,10 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, KSC, MQ, BT2, GRAM, LENGTHS, INV_FRE
                                                            cos_off, sin_off, no_turn, q1, q2, HALF, BLOCK_T, HEADS_P,
                                                            ROPE, DOT_FP32, PRECISION)
         ks1, ks2 = ks1_raw.to(tl.float32), ks2_raw.to(tl.float32)
+        if EARLY_LOADS:  # in flight during the head loops, which keep the compiler from pipelining this loop
+            v1, v2 = _value_rows(VS, b, t, tile, offs_d, svs_b, svs_t, HALF)
+            if SCALED:
+                k_scale = _key_scales(KSC, b, t, t_ok, h0, offs_h, h_ok, ssc_b, ssc_t)
         if NORM and not SCALED:
             sq = tl.zeros((BLOCK_T, HEADS_P), tl.float32) + tl.sum(ks1 * ks1 + ks2 * ks2, axis=1)[:, None]
         if R > 0:  # ranks below 16 ride zero-padded on the tensor cores (the padding adds exact zeros)
@@ -249,14 +269,17 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, KSC, MQ, BT2, GRAM, LENGTHS, INV_FRE
                     n = _mma(rk, gram, n, DOT_FP32, PRECISION)
                     sq = tl.where(offs_h[None, :] == j, sq + tl.sum(rk32 * n, axis=1)[:, None], sq)
         if SCALED:
-            s *= tl.load(KSC + b * ssc_b + t[:, None] * ssc_t + (h0 + offs_h)[None, :],
-                         mask=t_ok[:, None] & h_ok[None, :], other=0.0).to(tl.float32)
+            if not EARLY_LOADS:
+                k_scale = _key_scales(KSC, b, t, t_ok, h0, offs_h, h_ok, ssc_b, ssc_t)
+            s *= k_scale
         elif NORM:
             s *= tl.rsqrt(sq / (2 * HALF) + EPSILON)
         s = tl.where(t_ok[:, None], s * qk_scale, float("-inf"))
 
-        pv, alpha, m, l, acc1, acc2 = _softmax_values(s, m, l, acc1, acc2, VS, b, t, tile, offs_d, svs_b, svs_t,
-                                                      HALF, DOT_FP32, PRECISION)
+        p, alpha, m, l = _online_softmax(s, m, l)
+        if not EARLY_LOADS:
+            v1, v2 = _value_rows(VS, b, t, tile, offs_d, svs_b, svs_t, HALF)
+        pv, acc1, acc2 = _shared_values(p, alpha, acc1, acc2, v1, v2, DOT_FP32, PRECISION)
         if R > 0:
             acc_r = acc_r * alpha[:, None]
             if VALUE_COLS > R_P:
@@ -346,12 +369,12 @@ def _split_grouped_kernel(Q, KS, VS, RK, RV, KSC, MQ, LENGTHS, INV_FREQ, COS, SI
                          other=0.0)
             s += _head_sums(rk.to(tl.float32) * w, ones, EXACT_SUMS)
         if SCALED:
-            s *= tl.load(KSC + b * ssc_b + t[:, None] * ssc_t + (h0 + offs_h)[None, :],
-                         mask=t_ok[:, None] & h_ok[None, :], other=0.0).to(tl.float32)
+            s *= _key_scales(KSC, b, t, t_ok, h0, offs_h, h_ok, ssc_b, ssc_t)
         s = tl.where(t_ok[:, None], s * qk_scale, float("-inf"))
 
-        pv, alpha, m, l, acc1, acc2 = _softmax_values(s, m, l, acc1, acc2, VS, b, t, tile, offs_d, svs_b, svs_t,
-                                                      HALF, DOT_FP32, PRECISION)
+        p, alpha, m, l = _online_softmax(s, m, l)
+        v1, v2 = _value_rows(VS, b, t, tile, offs_d, svs_b, svs_t, HALF)
+        pv, acc1, acc2 = _shared_values(p, alpha, acc1, acc2, v1, v2, DOT_FP32, PRECISION)
         if R > 0:
             rv = tl.load(RV + b * srv_b + t[:, None] * srv_t + rv_cols[None, :], mask=t_ok[:, None] & c_ok[None, :],
                          other=0.0)
@@ -438,8 +461,9 @@ def _split_rebuilt_kernel(Q, KS, VS, RK, RV, KSC, KUP, LENGTHS, INV_FREQ, COS, S
             s = tl.where(t_ok, s * qk_scale, float("-inf"))
             s_all = tl.where(offs_h[None, :] == j, s[:, None], s_all)
 
-        pv, alpha, m, l, acc1, acc2 = _softmax_values(s_all, m, l, acc1, acc2, VS, b, t, tile, offs_d, svs_b,
-                                                      svs_t, HALF, DOT_FP32, PRECISION)
+        p, alpha, m, l = _online_softmax(s_all, m, l)
+        v1, v2 = _value_rows(VS, b, t, tile, offs_d, svs_b, svs_t, HALF)
+        pv, acc1, acc2 = _shared_values(p, alpha, acc1, acc2, v1, v2, DOT_FP32, PRECISION)
         if R > 0:  # each head's row of p against its own R_v,h (the other rows are zero)
             acc_r = acc_r * alpha[:, None]
             for j in tl.static_range(HEADS):
@@ -549,6 +573,10 @@ VALUES_AT_ONCE_MAX_RANK = 16
 # fills them, one head at a time. On an H200: r = 32 4–10 % faster (two heads a product), r = 16 5–19 % with
 # 128-token tiles (four heads); 128 columns were slower at every rank.
 LOGIT_COLS = 64
+# Folded's tile loop holds loops over heads, so the compiler does not software-pipeline it: each tile's
+# K_shared, key-scale and V_shared rows are waited for where they are used. Issued together with K_shared's,
+# the later two wait during the head loops instead (registers permitting).
+EARLY_LOADS = False
 METHODS = ("folded", "grouped", "rebuilt")
 
 
@@ -703,7 +731,7 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
             DOT_FP32=dot_fp32, SUMS_BY_DOT=sums_by_dot(heads, meta["R_P"], scaled),
             EXACT_SUMS=dot_fp32 or wide, HEAD_STAGES=head_stages(block_t, scaled),
             VALUE_COLS=meta["R_P"] * (triton.next_power_of_2(heads) if meta["R_P"] <= VALUES_AT_ONCE_MAX_RANK else 1),
-            LOGIT_COLS=logit_cols(heads, meta["R_P"], scaled),
+            LOGIT_COLS=logit_cols(heads, meta["R_P"], scaled), EARLY_LOADS=bool(EARLY_LOADS),
             **consts, **norm_consts)
     elif method == "grouped":
         dot_fp32 = interpreted(_split_grouped_kernel) and not wide
