@@ -236,7 +236,7 @@ def parse_tiling(text: str) -> tuple:
 
 # Launcher rules a run may set apart from the product's: argument -> constant of the decode module.
 KERNEL_RULES = {"values_at_once_max_rank": "VALUES_AT_ONCE_MAX_RANK", "logit_cols": "LOGIT_COLS",
-                "early_loads": "EARLY_LOADS"}
+                "early_loads": "EARLY_LOADS", "prefetch_keys": "PREFETCH_KEYS"}
 
 
 def use_kernel_rules(args: dict) -> None:
@@ -298,6 +298,8 @@ def main() -> None:
     parser.add_argument("--early-loads", type=int, choices=[0, 1],
                         help="folded issues a tile's V_shared and key-scale loads with its K_shared loads "
                              "(default: the product's)")
+    parser.add_argument("--prefetch-keys", type=int, choices=[0, 1],
+                        help="folded loads a tile's K_shared rows during the tile before (default: the product's)")
     parser.add_argument("--key-scales", action="store_true", help="LRKV caches each key's 1/rms (spec key_scales)")
     parser.add_argument("--out-dir", type=Path, help="also write the JSON result here (after every cell)")
     args = parser.parse_args()

@@ -67,10 +67,10 @@ def _rope_rows(INV_FREQ, COS, SIN, offs_t, offs_d, d_ok, HALF: tl.constexpr):
 
 
 @triton.jit
-def _value_rows(VS, b, t, tile, offs_d, svs_b, svs_t, HALF: tl.constexpr):
-    # A tile's V_shared rows, first and second half of d_h (zero past the chunk's end)
-    vs = VS + b * svs_b + t[:, None] * svs_t + offs_d[None, :]
-    return tl.load(vs, mask=tile, other=0.0), tl.load(vs + HALF, mask=tile, other=0.0)
+def _half_rows(X, b, t, tile, offs_d, sx_b, sx_t, HALF: tl.constexpr):
+    # A tile's K_shared or V_shared rows, first and second half of d_h (zero outside the tile's mask)
+    x = X + b * sx_b + t[:, None] * sx_t + offs_d[None, :]
+    return tl.load(x, mask=tile, other=0.0), tl.load(x + HALF, mask=tile, other=0.0)
 
 
 @triton.jit
@@ -101,14 +101,10 @@ def _shared_values(p, alpha, acc1, acc2, v1, v2, DOT_FP32: tl.constexpr, PRECISI
 
 
 @triton.jit
-def _shared_logits(KS, b, t0, t, tile, offs_d, sks_b, sks_t, inv_freq, cos_off, sin_off, no_turn, q1, q2,
-                   HALF: tl.constexpr, BLOCK_T: tl.constexpr, HEADS_P: tl.constexpr, ROPE: tl.constexpr,
-                   DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
-    # q·RoPE_t(K_shared) for every head of the group as a (BLOCK_T, HEADS_P) product, with the tile's K_shared
-    # rows and its cos/sin by angle addition (without RoPE: cos 1, and sin never read).
-    ks = KS + b * sks_b + t[:, None] * sks_t + offs_d[None, :]
-    ks1_raw = tl.load(ks, mask=tile, other=0.0)
-    ks2_raw = tl.load(ks + HALF, mask=tile, other=0.0)
+def _shared_logits(ks1_raw, ks2_raw, t0, inv_freq, cos_off, sin_off, no_turn, q1, q2, BLOCK_T: tl.constexpr,
+                   HEADS_P: tl.constexpr, ROPE: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
+    # q·RoPE_t(K_shared) for every head of the group as a (BLOCK_T, HEADS_P) product, from the tile's K_shared
+    # rows (by halves) and its cos/sin by angle addition (without RoPE: cos 1, and sin never read).
     ks1, ks2 = ks1_raw.to(tl.float32), ks2_raw.to(tl.float32)
     cos_t, sin_t = no_turn, no_turn
     if ROPE:
@@ -120,7 +116,7 @@ def _shared_logits(KS, b, t0, t, tile, offs_d, sks_b, sks_t, inv_freq, cos_off, 
     op = q1.dtype
     s = _mma(ks1.to(op), q1, tl.zeros((BLOCK_T, HEADS_P), tl.float32), DOT_FP32, PRECISION)
     s = _mma(ks2.to(op), q2, s, DOT_FP32, PRECISION)
-    return s, ks1_raw, ks2_raw, cos_t, sin_t
+    return s, cos_t, sin_t
 
 
 @triton.jit
@@ -179,7 +175,8 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, KSC, MQ, BT2, GRAM, LENGTHS, INV_FRE
                          BLOCK_T: tl.constexpr, NORM: tl.constexpr, SCALED: tl.constexpr, ROPE: tl.constexpr,
                          DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, EPSILON: tl.constexpr,
                          SUMS_BY_DOT: tl.constexpr, EXACT_SUMS: tl.constexpr, HEAD_STAGES: tl.constexpr,
-                         VALUE_COLS: tl.constexpr, LOGIT_COLS: tl.constexpr, EARLY_LOADS: tl.constexpr):
+                         VALUE_COLS: tl.constexpr, LOGIT_COLS: tl.constexpr, EARLY_LOADS: tl.constexpr,
+                         PREFETCH_KEYS: tl.constexpr):
     # One program streams a chunk of one sequence for a group of HEADS heads. Per-head tensors are
     # (BLOCK_T, HEADS_P) with one column per head, or (HEADS_P, ·) with one row per head.
     b, split, h0, start, end = _program_chunk(LENGTHS, split_len, HEADS)
@@ -214,17 +211,25 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, KSC, MQ, BT2, GRAM, LENGTHS, INV_FRE
     mr_ok = d_ok[:, None] & r_ok[None, :]
     offs_k = tl.arange(0, LOGIT_COLS)  # a chunk's logit columns: head c + k // R_P, rank k % R_P
     k_head, k_rank = offs_k // R_P, offs_k % R_P
+    if PREFETCH_KEYS:
+        ks1_next, ks2_next = _half_rows(KS, b, start + offs_t, (start + offs_t < end)[:, None] & d_ok[None, :],
+                                        offs_d, sks_b, sks_t, HALF)
 
     for t0 in range(start, end, BLOCK_T):
         t = t0 + offs_t
         t_ok = t < end
         tile = t_ok[:, None] & d_ok[None, :]
-        s, ks1_raw, ks2_raw, cos_t, sin_t = _shared_logits(KS, b, t0, t, tile, offs_d, sks_b, sks_t, inv_freq,
-                                                           cos_off, sin_off, no_turn, q1, q2, HALF, BLOCK_T, HEADS_P,
-                                                           ROPE, DOT_FP32, PRECISION)
+        if PREFETCH_KEYS:  # this tile's rows came with the last; the next tile's load during this one
+            ks1_raw, ks2_raw = ks1_next, ks2_next
+            ks1_next, ks2_next = _half_rows(KS, b, t + BLOCK_T, (t + BLOCK_T < end)[:, None] & d_ok[None, :],
+                                            offs_d, sks_b, sks_t, HALF)
+        else:
+            ks1_raw, ks2_raw = _half_rows(KS, b, t, tile, offs_d, sks_b, sks_t, HALF)
+        s, cos_t, sin_t = _shared_logits(ks1_raw, ks2_raw, t0, inv_freq, cos_off, sin_off, no_turn, q1, q2,
+                                         BLOCK_T, HEADS_P, ROPE, DOT_FP32, PRECISION)
         ks1, ks2 = ks1_raw.to(tl.float32), ks2_raw.to(tl.float32)
         if EARLY_LOADS:  # in flight during the head loops, which keep the compiler from pipelining this loop
-            v1, v2 = _value_rows(VS, b, t, tile, offs_d, svs_b, svs_t, HALF)
+            v1, v2 = _half_rows(VS, b, t, tile, offs_d, svs_b, svs_t, HALF)
             if SCALED:
                 k_scale = _key_scales(KSC, b, t, t_ok, h0, offs_h, h_ok, ssc_b, ssc_t)
         if NORM and not SCALED:
@@ -278,7 +283,7 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, KSC, MQ, BT2, GRAM, LENGTHS, INV_FRE
 
         p, alpha, m, l = _online_softmax(s, m, l)
         if not EARLY_LOADS:
-            v1, v2 = _value_rows(VS, b, t, tile, offs_d, svs_b, svs_t, HALF)
+            v1, v2 = _half_rows(VS, b, t, tile, offs_d, svs_b, svs_t, HALF)
         pv, acc1, acc2 = _shared_values(p, alpha, acc1, acc2, v1, v2, DOT_FP32, PRECISION)
         if R > 0:
             acc_r = acc_r * alpha[:, None]
@@ -358,9 +363,9 @@ def _split_grouped_kernel(Q, KS, VS, RK, RV, KSC, MQ, LENGTHS, INV_FREQ, COS, SI
         t = t0 + offs_t
         t_ok = t < end
         tile = t_ok[:, None] & d_ok[None, :]
-        s, _, _, cos_t, sin_t = _shared_logits(KS, b, t0, t, tile, offs_d, sks_b, sks_t, inv_freq, cos_off,
-                                               sin_off, no_turn, q1, q2, HALF, BLOCK_T, HEADS_P, ROPE,
-                                               DOT_FP32, PRECISION)
+        ks1, ks2 = _half_rows(KS, b, t, tile, offs_d, sks_b, sks_t, HALF)
+        s, cos_t, sin_t = _shared_logits(ks1, ks2, t0, inv_freq, cos_off, sin_off, no_turn, q1, q2, BLOCK_T,
+                                         HEADS_P, ROPE, DOT_FP32, PRECISION)
         if R > 0:
             w = _mma(cos_t.to(op), m_cos, tl.zeros((BLOCK_T, COLS), tl.float32), DOT_FP32, PRECISION)
             if ROPE:
@@ -373,7 +378,7 @@ def _split_grouped_kernel(Q, KS, VS, RK, RV, KSC, MQ, LENGTHS, INV_FREQ, COS, SI
         s = tl.where(t_ok[:, None], s * qk_scale, float("-inf"))
 
         p, alpha, m, l = _online_softmax(s, m, l)
-        v1, v2 = _value_rows(VS, b, t, tile, offs_d, svs_b, svs_t, HALF)
+        v1, v2 = _half_rows(VS, b, t, tile, offs_d, svs_b, svs_t, HALF)
         pv, acc1, acc2 = _shared_values(p, alpha, acc1, acc2, v1, v2, DOT_FP32, PRECISION)
         if R > 0:
             rv = tl.load(RV + b * srv_b + t[:, None] * srv_t + rv_cols[None, :], mask=t_ok[:, None] & c_ok[None, :],
@@ -421,9 +426,8 @@ def _split_rebuilt_kernel(Q, KS, VS, RK, RV, KSC, KUP, LENGTHS, INV_FREQ, COS, S
         t = t0 + offs_t
         t_ok = t < end
         tile = t_ok[:, None] & d_ok[None, :]
-        ks = KS + b * sks_b + t[:, None] * sks_t + offs_d[None, :]
-        ks1 = tl.load(ks, mask=tile, other=0.0).to(tl.float32)
-        ks2 = tl.load(ks + HALF, mask=tile, other=0.0).to(tl.float32)
+        ks1, ks2 = _half_rows(KS, b, t, tile, offs_d, sks_b, sks_t, HALF)
+        ks1, ks2 = ks1.to(tl.float32), ks2.to(tl.float32)
         if ROPE:
             base = t0 * inv_freq
             c0, s0 = tl.cos(base), tl.sin(base)
@@ -462,7 +466,7 @@ def _split_rebuilt_kernel(Q, KS, VS, RK, RV, KSC, KUP, LENGTHS, INV_FREQ, COS, S
             s_all = tl.where(offs_h[None, :] == j, s[:, None], s_all)
 
         p, alpha, m, l = _online_softmax(s_all, m, l)
-        v1, v2 = _value_rows(VS, b, t, tile, offs_d, svs_b, svs_t, HALF)
+        v1, v2 = _half_rows(VS, b, t, tile, offs_d, svs_b, svs_t, HALF)
         pv, acc1, acc2 = _shared_values(p, alpha, acc1, acc2, v1, v2, DOT_FP32, PRECISION)
         if R > 0:  # each head's row of p against its own R_v,h (the other rows are zero)
             acc_r = acc_r * alpha[:, None]
@@ -577,6 +581,8 @@ LOGIT_COLS = 64
 # K_shared, key-scale and V_shared rows are waited for where they are used. Issued together with K_shared's,
 # the later two wait during the head loops instead (registers permitting).
 EARLY_LOADS = False
+# Or a tile's K_shared rows loaded while the tile before it is processed (more registers held).
+PREFETCH_KEYS = False
 METHODS = ("folded", "grouped", "rebuilt")
 
 
@@ -731,7 +737,7 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
             DOT_FP32=dot_fp32, SUMS_BY_DOT=sums_by_dot(heads, meta["R_P"], scaled),
             EXACT_SUMS=dot_fp32 or wide, HEAD_STAGES=head_stages(block_t, scaled),
             VALUE_COLS=meta["R_P"] * (triton.next_power_of_2(heads) if meta["R_P"] <= VALUES_AT_ONCE_MAX_RANK else 1),
-            LOGIT_COLS=logit_cols(heads, meta["R_P"], scaled), EARLY_LOADS=bool(EARLY_LOADS),
+            LOGIT_COLS=logit_cols(heads, meta["R_P"], scaled), EARLY_LOADS=bool(EARLY_LOADS), PREFETCH_KEYS=bool(PREFETCH_KEYS),
             **consts, **norm_consts)
     elif method == "grouped":
         dot_fp32 = interpreted(_split_grouped_kernel) and not wide
