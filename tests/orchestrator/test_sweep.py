@@ -48,16 +48,12 @@ def lrkv(*args, cwd, env=None, timeout=600) -> subprocess.CompletedProcess:
     return subprocess.run([LRKV, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def stores(ws: Path) -> Stores:
-    return Stores.resolve(ws)
-
-
 def load(ws: Path, name: str, wait: float = 30) -> optuna.Study:
     """The sweep's study, waiting briefly for a driver that is still creating it."""
     deadline = time.time() + wait
     while True:
         try:
-            return optuna.load_study(study_name=name, storage=stores(ws).optuna_storage())
+            return optuna.load_study(study_name=name, storage=Stores.resolve(ws).optuna_storage())
         except KeyError:
             if time.time() > deadline:
                 raise
@@ -65,7 +61,7 @@ def load(ws: Path, name: str, wait: float = 30) -> optuna.Study:
 
 
 def mlflow_runs(ws: Path, name: str):
-    client = MlflowClient(stores(ws).tracking_uri)
+    client = MlflowClient(Stores.resolve(ws).tracking_uri)
     experiment = client.get_experiment_by_name(name)
     return client, client.search_runs([experiment.experiment_id], max_results=1000)
 
@@ -150,7 +146,7 @@ def test_quickstart_sweep_end_to_end(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     named = {k: v for k, v in os.environ.items() if k != "LRKV_WORKSPACE"} | {
-        "LRKV_STORAGE": stores(ws).study_url, "LRKV_TRACKING_URI": stores(ws).tracking_uri}
+        "LRKV_STORAGE": Stores.resolve(ws).study_url, "LRKV_TRACKING_URI": Stores.resolve(ws).tracking_uri}
     commands = [  # (arguments, folder, environment)
         (["pareto", "e2e", "--workspace", str(ws), "--json"], tmp_path, None),
         (["sweep", "status", "e2e", "--workspace", str(ws), "--json"], tmp_path, None),
