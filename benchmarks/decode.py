@@ -236,7 +236,7 @@ def parse_tiling(text: str) -> tuple:
 
 # Launcher rules a run may set apart from the product's: argument -> constant of the decode module.
 KERNEL_RULES = {"values_at_once_max_rank": "VALUES_AT_ONCE_MAX_RANK", "logit_cols": "LOGIT_COLS",
-                "early_loads": "EARLY_LOADS", "prefetch_keys": "PREFETCH_KEYS"}
+                "early_loads_max_rank": "EARLY_LOADS_MAX_RANK", "prefetch_keys": "PREFETCH_KEYS"}
 
 
 def use_kernel_rules(args: dict) -> None:
@@ -295,9 +295,9 @@ def main() -> None:
     parser.add_argument("--logit-cols", type=int,
                         help="with key scales, folded's logit product takes as many heads as fill this many "
                              "columns (0: one head at a time; default: the product's)")
-    parser.add_argument("--early-loads", type=int, choices=[0, 1],
-                        help="folded issues a tile's V_shared and key-scale loads with its K_shared loads "
-                             "(default: the product's)")
+    parser.add_argument("--early-loads-max-rank", type=int,
+                        help="folded issues a tile's V_shared and key-scale loads with its K_shared loads up to "
+                             "this padded rank (0: never; default: the product's)")
     parser.add_argument("--prefetch-keys", type=int, choices=[0, 1],
                         help="folded loads a tile's K_shared rows during the tile before (default: the product's)")
     parser.add_argument("--key-scales", action="store_true", help="LRKV caches each key's 1/rms (spec key_scales)")

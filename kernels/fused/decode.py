@@ -550,8 +550,10 @@ def _sm_count(device: torch.device) -> int:
 # tiles from r > 32 on, so the per-head matrices it streams are amortised over more tokens; with cached
 # key scales it streams one matrix per head instead of three, and wide tiles pay only from r > 64 (H200),
 # and at r ≤ 16, where a product takes four heads' logit terms (LOGIT_COLS; 5–19 % faster on an H200).
+# A wide program fills its multiprocessor alone, so it streams at least 4 tiles, 4 programs a multiprocessor
+# (H100, r = 16 with key scales: 6–8 % faster than 2 tiles and 8 where B·T ≤ 256K, 1 % slower at 1M; r = 128: ±1 %).
 # "grouped" takes heads_per_program None as: as many heads as fill GROUP_COLS latent columns.
-TILINGS = {"rebuilt": (32, 2, 2, 4, 32, 1), "folded": (64, 4, 3, 4, 8, None), "folded-wide": (128, 8, 3, 2, 8, None),
+TILINGS = {"rebuilt": (32, 2, 2, 4, 32, 1), "folded": (64, 4, 3, 4, 8, None), "folded-wide": (128, 8, 3, 4, 4, None),
            "grouped": (64, 4, 3, 2, 8, None)}
 GROUP_COLS = 128
 # Launch-bound contexts: two heads per program share the K_shared/V_shared tiles, and one tile per split
@@ -578,10 +580,13 @@ VALUES_AT_ONCE_MAX_RANK = 16
 # 128-token tiles (four heads); 128 columns were slower at every rank.
 LOGIT_COLS = 64
 # Folded's tile loop holds loops over heads, so the compiler does not software-pipeline it: each tile's
-# K_shared, key-scale and V_shared rows are waited for where they are used. Issued together with K_shared's,
-# the later two wait during the head loops instead (registers permitting).
-EARLY_LOADS = False
-# Or a tile's K_shared rows loaded while the tile before it is processed (more registers held).
+# K_shared, key-scale and V_shared rows are waited for where they are used. Up to this padded rank the later
+# two are issued with K_shared's and wait during the head loops instead: on an H100 with key scales, r = 16
+# (128-token tiles, one program per multiprocessor either way) 6–7 % faster; at r = 32 and 64 the rows' staging
+# takes the shared memory of a second program per multiprocessor (up to 1.5× slower), and r = 128 does not fit.
+EARLY_LOADS_MAX_RANK = 16
+# A tile's K_shared rows loaded while the tile before it is processed: slower at every rank on an H100 (more
+# registers spilled); kept off, for the benchmark to try.
 PREFETCH_KEYS = False
 METHODS = ("folded", "grouped", "rebuilt")
 
@@ -737,7 +742,8 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
             DOT_FP32=dot_fp32, SUMS_BY_DOT=sums_by_dot(heads, meta["R_P"], scaled),
             EXACT_SUMS=dot_fp32 or wide, HEAD_STAGES=head_stages(block_t, scaled),
             VALUE_COLS=meta["R_P"] * (triton.next_power_of_2(heads) if meta["R_P"] <= VALUES_AT_ONCE_MAX_RANK else 1),
-            LOGIT_COLS=logit_cols(heads, meta["R_P"], scaled), EARLY_LOADS=bool(EARLY_LOADS), PREFETCH_KEYS=bool(PREFETCH_KEYS),
+            LOGIT_COLS=logit_cols(heads, meta["R_P"], scaled), EARLY_LOADS=meta["R_P"] <= EARLY_LOADS_MAX_RANK,
+            PREFETCH_KEYS=bool(PREFETCH_KEYS),
             **consts, **norm_consts)
     elif method == "grouped":
         dot_fp32 = interpreted(_split_grouped_kernel) and not wide

@@ -144,7 +144,7 @@ def test_folded_load_orders_agree(monkeypatch, early, prefetch, r, scaled, rope)
     """Folded gives the reference whether a tile's V_shared and key-scale rows load with its K_shared rows or
     where they are used, and whether its K_shared rows load a tile ahead (splits of one tile, several tiles and
     none, ragged ends included)."""
-    monkeypatch.setattr(fused_decode, "EARLY_LOADS", early)
+    monkeypatch.setattr(fused_decode, "EARLY_LOADS_MAX_RANK", 32 if early else 0)
     monkeypatch.setattr(fused_decode, "PREFETCH_KEYS", prefetch)
     launches = record_launches(monkeypatch, "_split_folded_kernel")
     q, rows, k_up, v_up, lengths = compressed_cache(3, 45, 4, 32, r, [45, 3, 30], seed=r + early + 2 * prefetch)
