@@ -591,6 +591,10 @@ PREFETCH_KEYS = False
 METHODS = ("folded", "grouped", "rebuilt")
 
 
+# With key scales, folded's head-loop pipeline stages for tiles of up to 64 tokens and for 128-token tiles.
+HEAD_STAGES = (4, 3)
+
+
 def head_stages(block_t: int, scaled: bool) -> int | None:
     """Software-pipeline stages of folded's loops over the group's heads, so the next heads' latent rows and
     folded queries load while this head's products run. On an H100 with key scales (B = 8, T = 32K): 4 stages
@@ -599,7 +603,7 @@ def head_stages(block_t: int, scaled: bool) -> int | None:
     norm-computing kernel ran 1.28–1.95× faster that way than with its head loops pinned to one stage."""
     if not scaled or block_t > 128:
         return None
-    return 4 if block_t <= 64 else 3
+    return HEAD_STAGES[0] if block_t <= 64 else HEAD_STAGES[1]
 
 
 def logit_cols(heads: int, rank_p: int, scaled: bool) -> int:
