@@ -237,7 +237,7 @@ def parse_tiling(text: str) -> tuple:
 # Launcher rules a run may set apart from the product's: argument -> constant of the decode module.
 KERNEL_RULES = {"values_at_once_max_rank": "VALUES_AT_ONCE_MAX_RANK", "logit_cols": "LOGIT_COLS",
                 "early_loads_max_rank": "EARLY_LOADS_MAX_RANK", "prefetch_keys": "PREFETCH_KEYS",
-                "head_stages": "HEAD_STAGES"}
+                "head_stages": "HEAD_STAGES", "whole_waves": "WHOLE_WAVES"}
 
 
 def use_kernel_rules(args: dict) -> None:
@@ -304,6 +304,8 @@ def main() -> None:
     parser.add_argument("--head-stages", type=int, nargs=2, metavar=("NARROW", "WIDE"),
                         help="with key scales, folded's head-loop pipeline stages for tiles of up to 64 tokens and "
                              "for 128-token tiles (default: the product's)")
+    parser.add_argument("--whole-waves", type=int, choices=[0, 1],
+                        help="split counts round each row's share of the programs down (default: the product's)")
     parser.add_argument("--key-scales", action="store_true", help="LRKV caches each key's 1/rms (spec key_scales)")
     parser.add_argument("--out-dir", type=Path, help="also write the JSON result here (after every cell)")
     args = parser.parse_args()

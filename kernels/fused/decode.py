@@ -588,6 +588,9 @@ EARLY_LOADS_MAX_RANK = 16
 # A tile's K_shared rows loaded while the tile before it is processed: slower at every rank on an H100 (more
 # registers spilled); kept off, for the benchmark to try.
 PREFETCH_KEYS = False
+# split_count rounds each row's share of the programs down, so they never spill into a barely begun wave
+# (B = 32, 2 programs per multiprocessor: 256 programs where rounding up makes 288 for 264 places).
+WHOLE_WAVES = False
 METHODS = ("folded", "grouped", "rebuilt")
 
 
@@ -636,8 +639,11 @@ def logit_method(batch: int, max_len: int, rank: int, scaled: bool = False) -> s
 
 def split_count(rows: int, n_tiles: int, waves: int, min_tiles: int, sms: int) -> int:
     """Chunks per (sequence, head group) row: `waves` programs per multiprocessor, of at least `min_tiles`
-    tiles each, unless that leaves fewer than FILL programs per multiprocessor."""
-    per_row = lambda programs: triton.cdiv(programs * sms, rows)  # noqa: E731
+    tiles each, unless that leaves fewer than FILL programs per multiprocessor (each row's share rounded down
+    under WHOLE_WAVES, else up)."""
+    def per_row(programs: int) -> int:
+        return max(1, programs * sms // rows) if WHOLE_WAVES else triton.cdiv(programs * sms, rows)
+
     return min(per_row(waves), max(triton.cdiv(n_tiles, min_tiles), per_row(FILL)), n_tiles)
 
 

@@ -297,6 +297,15 @@ def test_short_contexts_still_fill_the_card():
     assert split_count(rows=1, n_tiles=3, waves=8, min_tiles=2, sms=132) == 3     # never more than the tiles
 
 
+@pytest.mark.parametrize("whole,splits", [(False, 9), (True, 8)])
+def test_whole_waves_round_each_rows_share_down(monkeypatch, whole, splits):
+    """B = 32 rows sharing two programs a multiprocessor: 264 places take 8 chunks a row (256 programs) under
+    WHOLE_WAVES, else 9 (288, a second wave barely begun); a row gets at least one."""
+    monkeypatch.setattr(fused_decode, "WHOLE_WAVES", whole)
+    assert split_count(rows=32, n_tiles=512, waves=2, min_tiles=8, sms=132) == splits
+    assert split_count(rows=200, n_tiles=512, waves=2, min_tiles=8, sms=132) == (1 if whole else 2)
+
+
 def test_shape_mismatch_names_the_argument():
     q, rows, k_up, v_up, lengths = compressed_cache(2, 8, 4, 32, 16, [8, 8], seed=0)
     with pytest.raises(ValueError, match="r_v: expected shape"):
