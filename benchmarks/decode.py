@@ -236,7 +236,7 @@ def parse_tiling(text: str) -> tuple:
 
 # Launcher rules a run may set apart from the product's: argument -> constant of the decode module.
 KERNEL_RULES = {"values_at_once_max_rank": "VALUES_AT_ONCE_MAX_RANK", "logit_cols": "LOGIT_COLS",
-                "early_loads_max_rank": "EARLY_LOADS_MAX_RANK", "prefetch_keys": "PREFETCH_KEYS",
+                "early_loads_max_rank": "EARLY_LOADS_MAX_RANK",
                 "head_stages": "HEAD_STAGES", "whole_waves": "WHOLE_WAVES"}
 
 
@@ -299,8 +299,6 @@ def main() -> None:
     parser.add_argument("--early-loads-max-rank", type=int,
                         help="folded issues a tile's V_shared and key-scale loads with its K_shared loads up to "
                              "this padded rank (0: never; default: the product's)")
-    parser.add_argument("--prefetch-keys", type=int, choices=[0, 1],
-                        help="folded loads a tile's K_shared rows during the tile before (default: the product's)")
     parser.add_argument("--head-stages", type=int, nargs=2, metavar=("NARROW", "WIDE"),
                         help="with key scales, folded's head-loop pipeline stages for tiles of up to 64 tokens and "
                              "for 128-token tiles (default: the product's)")

@@ -175,8 +175,7 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, KSC, MQ, BT2, GRAM, LENGTHS, INV_FRE
                          BLOCK_T: tl.constexpr, NORM: tl.constexpr, SCALED: tl.constexpr, ROPE: tl.constexpr,
                          DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, EPSILON: tl.constexpr,
                          SUMS_BY_DOT: tl.constexpr, EXACT_SUMS: tl.constexpr, HEAD_STAGES: tl.constexpr,
-                         VALUE_COLS: tl.constexpr, LOGIT_COLS: tl.constexpr, EARLY_LOADS: tl.constexpr,
-                         PREFETCH_KEYS: tl.constexpr):
+                         VALUE_COLS: tl.constexpr, LOGIT_COLS: tl.constexpr, EARLY_LOADS: tl.constexpr):
     # One program streams a chunk of one sequence for a group of HEADS heads. Per-head tensors are
     # (BLOCK_T, HEADS_P) with one column per head, or (HEADS_P, ·) with one row per head.
     b, split, h0, start, end = _program_chunk(LENGTHS, split_len, HEADS)
@@ -211,20 +210,12 @@ def _split_folded_kernel(Q, KS, VS, RK, RV, KSC, MQ, BT2, GRAM, LENGTHS, INV_FRE
     mr_ok = d_ok[:, None] & r_ok[None, :]
     offs_k = tl.arange(0, LOGIT_COLS)  # a chunk's logit columns: head c + k // R_P, rank k % R_P
     k_head, k_rank = offs_k // R_P, offs_k % R_P
-    if PREFETCH_KEYS:
-        ks1_next, ks2_next = _half_rows(KS, b, start + offs_t, (start + offs_t < end)[:, None] & d_ok[None, :],
-                                        offs_d, sks_b, sks_t, HALF)
 
     for t0 in range(start, end, BLOCK_T):
         t = t0 + offs_t
         t_ok = t < end
         tile = t_ok[:, None] & d_ok[None, :]
-        if PREFETCH_KEYS:  # this tile's rows came with the last; the next tile's load during this one
-            ks1_raw, ks2_raw = ks1_next, ks2_next
-            ks1_next, ks2_next = _half_rows(KS, b, t + BLOCK_T, (t + BLOCK_T < end)[:, None] & d_ok[None, :],
-                                            offs_d, sks_b, sks_t, HALF)
-        else:
-            ks1_raw, ks2_raw = _half_rows(KS, b, t, tile, offs_d, sks_b, sks_t, HALF)
+        ks1_raw, ks2_raw = _half_rows(KS, b, t, tile, offs_d, sks_b, sks_t, HALF)
         s, cos_t, sin_t = _shared_logits(ks1_raw, ks2_raw, t0, inv_freq, cos_off, sin_off, no_turn, q1, q2,
                                          BLOCK_T, HEADS_P, ROPE, DOT_FP32, PRECISION)
         ks1, ks2 = ks1_raw.to(tl.float32), ks2_raw.to(tl.float32)
@@ -585,9 +576,6 @@ LOGIT_COLS = 64
 # (128-token tiles, one program per multiprocessor either way) 6–7 % faster; at r = 32 and 64 the rows' staging
 # takes the shared memory of a second program per multiprocessor (up to 1.5× slower), and r = 128 does not fit.
 EARLY_LOADS_MAX_RANK = 16
-# A tile's K_shared rows loaded while the tile before it is processed: slower at every rank on an H100 (more
-# registers spilled); kept off, for the benchmark to try.
-PREFETCH_KEYS = False
 # split_count rounds each row's share of the programs down, so they never spill into a barely begun wave
 # (B = 32, 2 programs per multiprocessor: 256 programs where rounding up makes 288 for 264 places).
 WHOLE_WAVES = False
@@ -753,7 +741,6 @@ def decode(q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, r_k:
             EXACT_SUMS=dot_fp32 or wide, HEAD_STAGES=head_stages(block_t, scaled),
             VALUE_COLS=meta["R_P"] * (triton.next_power_of_2(heads) if meta["R_P"] <= VALUES_AT_ONCE_MAX_RANK else 1),
             LOGIT_COLS=logit_cols(heads, meta["R_P"], scaled), EARLY_LOADS=meta["R_P"] <= EARLY_LOADS_MAX_RANK,
-            PREFETCH_KEYS=bool(PREFETCH_KEYS),
             **consts, **norm_consts)
     elif method == "grouped":
         dot_fp32 = interpreted(_split_grouped_kernel) and not wide

@@ -138,21 +138,20 @@ def test_folded_logit_of_several_heads_at_once(monkeypatch, dh, r, H, group, per
     assert launches[0]["LOGIT_COLS"] == max(16, r) * per_chunk[i]
 
 
-@pytest.mark.parametrize("early,prefetch", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("early", [False, True])
 @pytest.mark.parametrize("r,scaled,rope", [(16, True, THETA), (4, False, THETA), (32, True, None), (0, False, None)])
-def test_folded_load_orders_agree(monkeypatch, early, prefetch, r, scaled, rope):
+def test_folded_load_orders_agree(monkeypatch, early, r, scaled, rope):
     """Folded gives the reference whether a tile's V_shared and key-scale rows load with its K_shared rows or
-    where they are used, and whether its K_shared rows load a tile ahead (splits of one tile, several tiles and
-    none, ragged ends included)."""
+    where they are used (splits of several tiles, one and none, ragged ends included); the launcher issues them
+    early up to EARLY_LOADS_MAX_RANK."""
     monkeypatch.setattr(fused_decode, "EARLY_LOADS_MAX_RANK", 32 if early else 0)
-    monkeypatch.setattr(fused_decode, "PREFETCH_KEYS", prefetch)
     launches = record_launches(monkeypatch, "_split_folded_kernel")
-    q, rows, k_up, v_up, lengths = compressed_cache(3, 45, 4, 32, r, [45, 3, 30], seed=r + early + 2 * prefetch)
+    q, rows, k_up, v_up, lengths = compressed_cache(3, 45, 4, 32, r, [45, 3, 30], seed=r + early)
     k_scale = cached_key_scales(rows, k_up) if scaled else None
     out = run(q, rows, k_up, v_up, lengths, True, rope, method="folded", block_t=16, splits=2, k_scale=k_scale)
     torch.testing.assert_close(out.double(), reference(q, rows, k_up, v_up, lengths, True, rope),
                                rtol=1e-4, atol=1e-4)
-    assert launches[0]["EARLY_LOADS"] is early and launches[0]["PREFETCH_KEYS"] is prefetch
+    assert launches[0]["EARLY_LOADS"] is early
 
 
 def test_folded_takes_wide_tiles_where_its_chunks_hold_four_heads():
