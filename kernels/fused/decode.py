@@ -542,7 +542,8 @@ def _sm_count(device: torch.device) -> int:
 # key scales it streams one matrix per head instead of three, and wide tiles pay only from r > 64 (H200),
 # and at r ≤ 16, where a product takes four heads' logit terms (LOGIT_COLS; 5–19 % faster on an H200).
 # A wide program fills its multiprocessor alone, so it streams at least 4 tiles, 4 programs a multiprocessor
-# (H100, r = 16 with key scales: 6–8 % faster than 2 tiles and 8 where B·T ≤ 256K, 1 % slower at 1M; r = 128: ±1 %).
+# (H100, r = 16 with key scales, against 2 tiles and 8: 6–7 % faster at B·T = 256K, equal at 64K, 1 % slower at
+# 1M; r = 128: within 1 %).
 # "grouped" takes heads_per_program None as: as many heads as fill GROUP_COLS latent columns.
 TILINGS = {"rebuilt": (32, 2, 2, 4, 32, 1), "folded": (64, 4, 3, 4, 8, None), "folded-wide": (128, 8, 3, 4, 4, None),
            "grouped": (64, 4, 3, 2, 8, None)}
@@ -577,7 +578,8 @@ LOGIT_COLS = 64
 # takes the shared memory of a second program per multiprocessor (up to 1.5× slower), and r = 128 does not fit.
 EARLY_LOADS_MAX_RANK = 16
 # split_count rounds each row's share of the programs down, so they never spill into a barely begun wave
-# (B = 32, 2 programs per multiprocessor: 256 programs where rounding up makes 288 for 264 places).
+# (B = 32, 2 programs per multiprocessor: 256 programs where rounding up makes 288 for 264 places). Off: not yet
+# timed (benchmarks/NOTES.md gives the run).
 WHOLE_WAVES = False
 METHODS = ("folded", "grouped", "rebuilt")
 
