@@ -125,7 +125,7 @@ def main() -> None:
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--key-scales", action="store_true", help="LRKV caches each key's 1/rms")
     for arg, constant in KERNEL_RULES.items():
-        parser.add_argument("--" + arg.replace("_", "-"), type=int, nargs="+" if arg == "head_stages" else None,
+        parser.add_argument("--" + arg.replace("_", "-"), type=int, nargs=2 if arg == "head_stages" else None,
                             help=f"the launcher's {constant} (default: the product's)")
     parser.add_argument("--tag", default="", help="suffix of the result file name")
     parser.add_argument("--out-dir", type=Path, help="also write the JSON result here")
