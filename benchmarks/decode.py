@@ -240,6 +240,24 @@ KERNEL_RULES = {"values_at_once_max_rank": "VALUES_AT_ONCE_MAX_RANK", "logit_col
                 "head_stages": "HEAD_STAGES", "whole_waves": "WHOLE_WAVES"}
 
 
+def add_kernel_rules(parser: argparse.ArgumentParser) -> None:
+    """One option per KERNEL_RULES entry, each defaulting to the product's value."""
+    parser.add_argument("--values-at-once-max-rank", type=int,
+                        help="folded's p·R_v as one product per group up to this rank, padded to a power of two "
+                             "of at least 16 (default: the product's)")
+    parser.add_argument("--logit-cols", type=int,
+                        help="with key scales, folded's logit product takes as many heads as fill this many "
+                             "columns (0: one head at a time; default: the product's)")
+    parser.add_argument("--early-loads-max-rank", type=int,
+                        help="folded issues a tile's V_shared and key-scale loads with its K_shared loads up to "
+                             "this padded rank (0: never; default: the product's)")
+    parser.add_argument("--head-stages", type=int, nargs=2, metavar=("NARROW", "WIDE"),
+                        help="with key scales, folded's head-loop pipeline stages for tiles of up to 64 tokens and "
+                             "for 128-token tiles (default: the product's)")
+    parser.add_argument("--whole-waves", type=int, choices=[0, 1],
+                        help="split counts round each row's share of the programs down (default: the product's)")
+
+
 def use_kernel_rules(args: dict) -> None:
     for arg, constant in KERNEL_RULES.items():
         if args.get(arg) is not None:
@@ -290,20 +308,7 @@ def main() -> None:
     parser.add_argument("--tiling", type=parse_tiling, nargs="+", default=[],
                         help="more candidates, each method,block_t,num_warps,num_stages,min_tiles,waves,heads "
                              "(heads 'None': the method's default group)")
-    parser.add_argument("--values-at-once-max-rank", type=int,
-                        help="folded's p·R_v as one product per group up to this rank, padded to a power of two "
-                             "of at least 16 (default: the product's)")
-    parser.add_argument("--logit-cols", type=int,
-                        help="with key scales, folded's logit product takes as many heads as fill this many "
-                             "columns (0: one head at a time; default: the product's)")
-    parser.add_argument("--early-loads-max-rank", type=int,
-                        help="folded issues a tile's V_shared and key-scale loads with its K_shared loads up to "
-                             "this padded rank (0: never; default: the product's)")
-    parser.add_argument("--head-stages", type=int, nargs=2, metavar=("NARROW", "WIDE"),
-                        help="with key scales, folded's head-loop pipeline stages for tiles of up to 64 tokens and "
-                             "for 128-token tiles (default: the product's)")
-    parser.add_argument("--whole-waves", type=int, choices=[0, 1],
-                        help="split counts round each row's share of the programs down (default: the product's)")
+    add_kernel_rules(parser)
     parser.add_argument("--key-scales", action="store_true", help="LRKV caches each key's 1/rms (spec key_scales)")
     parser.add_argument("--out-dir", type=Path, help="also write the JSON result here (after every cell)")
     args = parser.parse_args()

@@ -26,7 +26,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from decode import KERNEL_RULES, use_kernel_rules
+from decode import add_kernel_rules, use_kernel_rules
 from lrkv.kernels.fused import decode as fused_decode
 from record import arguments, write
 
@@ -124,9 +124,7 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=16)
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--key-scales", action="store_true", help="LRKV caches each key's 1/rms")
-    for arg, constant in KERNEL_RULES.items():
-        parser.add_argument("--" + arg.replace("_", "-"), type=int, nargs=2 if arg == "head_stages" else None,
-                            help=f"the launcher's {constant} (default: the product's)")
+    add_kernel_rules(parser)
     parser.add_argument("--tag", default="", help="suffix of the result file name")
     parser.add_argument("--out-dir", type=Path, help="also write the JSON result here")
     args = parser.parse_args()

@@ -145,8 +145,9 @@ def test_quickstart_sweep_end_to_end(tmp_path):
     workspace = {**os.environ, "LRKV_WORKSPACE": str(ws)}
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
+    named_stores = Stores.resolve(ws)
     named = {k: v for k, v in os.environ.items() if k != "LRKV_WORKSPACE"} | {
-        "LRKV_STORAGE": Stores.resolve(ws).study_url, "LRKV_TRACKING_URI": Stores.resolve(ws).tracking_uri}
+        "LRKV_STORAGE": named_stores.study_url, "LRKV_TRACKING_URI": named_stores.tracking_uri}
     commands = [  # (arguments, folder, environment)
         (["pareto", "e2e", "--workspace", str(ws), "--json"], tmp_path, None),
         (["sweep", "status", "e2e", "--workspace", str(ws), "--json"], tmp_path, None),
